@@ -1,0 +1,81 @@
+"""The ASGI app: one POST route per verb, and the one place errors become ``{"Err"}``.
+
+dockerd sends no Content-Type and, for four verbs, an empty body, so bodies are read
+raw and decoded here rather than by FastAPI. Unknown paths stay 404 (dockerd reads a 404
+as "verb not implemented"), but with an ``Err`` body like every other failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from driver.api.models import parse
+from driver.api.routes import VERBS, Services, Verb
+from driver.errors import DriverError, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
+
+
+class PluginResponse(JSONResponse):
+    media_type = MEDIA_TYPE
+
+
+def decode(verb: str, raw: bytes) -> Any:
+    if not raw.strip():
+        raise InvalidRequest(f"{verb}: empty request body (expected a JSON object)")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InvalidRequest(f"{verb}: malformed JSON body: {err}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{verb}: body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _endpoint(path: str, verb: Verb, services: Services) -> Any:
+    name = path.lstrip("/")
+
+    async def endpoint(request: Request) -> PluginResponse:
+        started = time.perf_counter()
+        body = None
+        if verb.model is not None:
+            body = parse(verb.model, name, decode(name, await request.body()))
+        result = await verb.handler(services, body)
+        log.debug("%s answered in %.1f ms", name, (time.perf_counter() - started) * 1000)
+        return PluginResponse(result)
+
+    endpoint.__name__ = name.replace(".", "_")
+    return endpoint
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="pyoverlay", openapi_url=None, docs_url=None, redoc_url=None)
+    for path, verb in VERBS.items():
+        app.add_api_route(path, _endpoint(path, verb, services), methods=["POST"])
+
+    @app.exception_handler(DriverError)
+    async def driver_error(request: Request, exc: DriverError) -> PluginResponse:
+        level = logging.WARNING if exc.status < 500 else logging.ERROR
+        log.log(level, "%s failed: %s", request.scope["path"].lstrip("/"), exc.message)
+        return PluginResponse({"Err": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> PluginResponse:
+        return PluginResponse({"Err": f"{request.scope['path']}: {exc.detail}"}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> PluginResponse:
+        verb = request.scope["path"].lstrip("/")
+        log.exception("%s failed unexpectedly", verb)
+        return PluginResponse({"Err": f"{verb}: internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    return app

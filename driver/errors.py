@@ -1,0 +1,52 @@
+"""The one error tree of pyoverlay.
+
+Every failure a handler can report is a ``DriverError``; ``driver.app`` maps it, in one
+place, to a non-2xx answer with ``{"Err": message}`` (dockerd reads ``Err`` on every
+non-200 answer, for the IPAM API too).
+
+    DriverError (500)
+     ├── InvalidRequest (400)     malformed body, wrong type, bad CIDR/option value
+     ├── NotFound (404)           reserved: a 404 tells dockerd "verb not implemented",
+     │                            so handlers use it only for unknown paths
+     ├── Conflict (409)           address taken, pool overlaps, port already published
+     ├── Exhausted (409)          no free address / pool left
+     ├── Unsupported (501)        the kernel or host lacks what the request needs
+     └── Unavailable (503)        a bounded wait (kernel, iptables, store) ran out
+
+Messages reach the docker CLI verbatim: they name the object and the problem and never
+carry secrets.
+"""
+
+from __future__ import annotations
+
+
+class DriverError(Exception):
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(DriverError):
+    status = 400
+
+
+class NotFound(DriverError):
+    status = 404
+
+
+class Conflict(DriverError):
+    status = 409
+
+
+class Exhausted(DriverError):
+    status = 409
+
+
+class Unsupported(DriverError):
+    status = 501
+
+
+class Unavailable(DriverError):
+    status = 503

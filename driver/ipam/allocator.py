@@ -1,0 +1,103 @@
+"""Pure address arithmetic for the IPAM: parsing, overlap, picking pools and addresses.
+
+Nothing here touches the store or the kernel, so it is unit-tested exhaustively.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from driver.errors import Conflict, Exhausted, InvalidRequest
+
+IPNet = IPv4Network | IPv6Network
+IPAddr = IPv4Address | IPv6Address
+
+
+def parse_network(field: str, value: str, *, v6: bool | None = None) -> IPNet:
+    """A CIDR with no host bits set, of the family ``v6`` asks for (if given)."""
+    if "/" not in value:
+        raise InvalidRequest(f"{field}: {value!r} is not a CIDR subnet (expected e.g. 10.1.0.0/24)")
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise InvalidRequest(f"{field}: {value!r} is not a CIDR subnet") from None
+    if net.network_address != ipaddress.ip_interface(value).ip:
+        raise InvalidRequest(f"{field}: {value!r} has host bits set (did you mean {net}?)")
+    if v6 is not None and (net.version == 6) != v6:
+        want = "an IPv6" if v6 else "an IPv4"
+        raise InvalidRequest(f"{field}: {value!r} is not {want} subnet")
+    return net
+
+
+def parse_address(field: str, value: str) -> IPAddr:
+    """A bare address, or the address part of a CIDR (dockerd sends both shapes)."""
+    try:
+        return ipaddress.ip_interface(value).ip
+    except ValueError:
+        raise InvalidRequest(f"{field}: {value!r} is not an IP address") from None
+
+
+def usable_bounds(net: IPNet) -> tuple[int, int]:
+    """First and last assignable address of ``net`` as integers.
+
+    The network address is never handed out (for IPv6 it is the subnet-router anycast
+    address), nor the IPv4 broadcast address, except in /31 and /32 (RFC 3021).
+    """
+    first, last = int(net.network_address), int(net.broadcast_address)
+    if net.version == 4 and net.prefixlen >= 31:
+        return first, last
+    if net.version == 6 and net.prefixlen >= 127:
+        return first, last
+    return first + 1, last - (1 if net.version == 4 else 0)
+
+
+def check_overlap(field: str, net: IPNet, held: Iterable[tuple[str, IPNet]]) -> None:
+    for pool_id, other in held:
+        if net.version == other.version and net.overlaps(other):
+            raise Conflict(f"{field}: {net} overlaps pool {other} already allocated ({pool_id})")
+
+
+def default_candidates(specs: Iterable[str]) -> Iterator[IPNet]:
+    """Subnets from ``base/len:size`` specs, e.g. ``10.200.0.0/13:24`` → 2048 /24s."""
+    for spec in specs:
+        base, _, size = spec.rpartition(":")
+        yield from ipaddress.ip_network(base).subnets(new_prefix=int(size))
+
+
+def pick_pool(candidates: Iterable[IPNet], avoid: Iterable[IPNet]) -> IPNet | None:
+    """The first candidate that overlaps nothing in ``avoid``."""
+    avoid = list(avoid)
+    for cand in candidates:
+        if not any(cand.version == a.version and cand.overlaps(a) for a in avoid):
+            return cand
+    return None
+
+
+def lowest_free(net: IPNet, within: IPNet | None, taken: Iterable[str]) -> IPAddr:
+    """Lowest free assignable address of ``net`` inside ``within`` (the ``--ip-range``)."""
+    lo, hi = usable_bounds(net)
+    if within is not None:
+        lo, hi = max(lo, int(within.network_address)), min(hi, int(within.broadcast_address))
+    candidate = lo
+    for t in sorted(int(ipaddress.ip_address(a)) for a in taken):
+        if t < candidate:
+            continue
+        if t > candidate:
+            break
+        candidate += 1
+    if candidate > hi:
+        rng = f" (range {within})" if within is not None else ""
+        raise Exhausted(f"no free address left in pool {net}{rng}")
+    return ipaddress.ip_address(candidate)
+
+
+def check_requested(field: str, addr: IPAddr, net: IPNet, taken: Iterable[str]) -> None:
+    if addr.version != net.version or addr not in net:
+        raise InvalidRequest(f"{field}: {addr} is outside pool {net}")
+    lo, hi = usable_bounds(net)
+    if not lo <= int(addr) <= hi:
+        raise InvalidRequest(f"{field}: {addr} is the network or broadcast address of {net}")
+    if str(addr) in set(taken):
+        raise Conflict(f"{field}: {addr} is already allocated in pool {net}")

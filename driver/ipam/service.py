@@ -1,0 +1,115 @@
+"""The IPAM driver: address spaces, pools and addresses, persisted in the store."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from driver.errors import Exhausted, InvalidRequest
+from driver.ipam import allocator
+from driver.ipam.allocator import IPNet
+from driver.state import PoolRecord, Repo
+
+LOCAL_SPACE = "PyoverlayLocal"
+GLOBAL_SPACE = "PyoverlayGlobal"
+GATEWAY_TYPE = "com.docker.network.gateway"
+REQUEST_ADDRESS_TYPE = "RequestAddressType"
+
+
+class IpamService:
+    def __init__(
+        self,
+        repo: Repo,
+        default_v4: list[str],
+        default_v6: list[str],
+        host_routes: Callable[[], list[IPNet]],
+    ) -> None:
+        self.repo = repo
+        self.default_v4 = default_v4
+        self.default_v6 = default_v6
+        self.host_routes = host_routes
+
+    @staticmethod
+    def capabilities() -> dict[str, bool]:
+        # RequiresRequestReplay is deliberately False. pyoverlay persists every pool and
+        # address itself (atomically, see driver.store.local), which also covers the case
+        # replay cannot: the driver restarting while dockerd keeps running. With replay on,
+        # dockerd would re-request every held pool at each of its starts, and a second
+        # request for a held pool is, correctly, an overlap error for a new network.
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    @staticmethod
+    def address_spaces() -> dict[str, str]:
+        return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
+
+    def request_pool(
+        self, space: str, pool: str, subpool: str, options: Mapping[str, str], v6: bool
+    ) -> PoolRecord:
+        space = space or LOCAL_SPACE
+        if space not in (LOCAL_SPACE, GLOBAL_SPACE):
+            raise InvalidRequest(
+                f"AddressSpace: unknown address space {space!r} (pyoverlay serves {LOCAL_SPACE}, {GLOBAL_SPACE})"
+            )
+        held = [(p.id, ipaddress.ip_network(p.pool)) for p in self.repo.pools() if p.space == space]
+        if pool:
+            net = allocator.parse_network("Pool", pool, v6=v6)
+            allocator.check_overlap("Pool", net, held)
+        else:
+            if subpool:
+                raise InvalidRequest("SubPool: an --ip-range needs a --subnet")
+            net = self._pick(v6, [n for _, n in held])
+        sub = None
+        if subpool:
+            sub = allocator.parse_network("SubPool", subpool, v6=v6)
+            if not sub.subnet_of(net):  # type: ignore[arg-type]
+                raise InvalidRequest(f"SubPool: ip-range {sub} is not inside pool {net}")
+        rec = PoolRecord(
+            id=f"{space}/{net}",
+            space=space,
+            pool=str(net),
+            subpool=str(sub) if sub else None,
+            v6=v6,
+            options=dict(options),
+        )
+        self.repo.put_pool(rec)
+        return rec
+
+    def _pick(self, v6: bool, held: list[IPNet]) -> IPNet:
+        specs = self.default_v6 if v6 else self.default_v4
+        # Host routes count as taken: dockerd would reject an overlapping pick and ask
+        # again, and never returning the same overlapping pool twice avoids its loop.
+        picked = allocator.pick_pool(allocator.default_candidates(specs), held + self.host_routes())
+        if picked is None:
+            raise Exhausted(f"no free {'IPv6' if v6 else 'IPv4'} pool left in the defaults {specs}")
+        return picked
+
+    def release_pool(self, pool_id: str) -> None:
+        self.repo.delete_pool(pool_id)
+
+    def request_address(self, pool_id: str, address: str, options: Mapping[str, Any]) -> str:
+        rec = self._pool(pool_id)
+        net = ipaddress.ip_network(rec.pool)
+        purpose = "gateway" if options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE else "address"
+        if address:
+            addr = allocator.parse_address("Address", address)
+            allocator.check_requested("Address", addr, net, rec.addresses)
+        else:
+            within = ipaddress.ip_network(rec.subpool) if rec.subpool else None
+            addr = allocator.lowest_free(net, within, rec.addresses)
+        rec.addresses[str(addr)] = purpose
+        self.repo.put_pool(rec)
+        return f"{addr}/{net.prefixlen}"
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        addr = allocator.parse_address("Address", address)
+        rec = self.repo.pool(pool_id)
+        if rec is None or rec.addresses.pop(str(addr), None) is None:
+            return
+        self.repo.put_pool(rec)
+
+    def _pool(self, pool_id: str) -> PoolRecord:
+        rec = self.repo.pool(pool_id)
+        if rec is None:
+            raise InvalidRequest(f"PoolID: unknown pool {pool_id!r}")
+        return rec

@@ -1,0 +1,42 @@
+"""Network modes: one module per kind of plumbing, chosen with ``-o mode=``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from driver.network.steps import Steps
+from driver.state import EndpointRecord, NetworkRecord
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    src_name: str
+    dst_prefix: str
+    gateway: str | None
+    gateway_v6: str | None
+    disable_gateway_service: bool = False
+
+
+class Mode(Protocol):
+    """Kernel plumbing of one network mode. Every method is idempotent."""
+
+    def prepare_network(self, net: NetworkRecord) -> None:
+        """Validate against the host and decide ``owns_device``; changes nothing."""
+
+    def create_network(self, net: NetworkRecord, steps: Steps) -> None: ...
+
+    def delete_network(self, net: NetworkRecord) -> None: ...
+
+    def ensure_network(self, net: NetworkRecord) -> None:
+        """Recreate whatever of the network is missing (after a reboot, at start)."""
+
+    def create_endpoint(self, net: NetworkRecord, ep: EndpointRecord, steps: Steps) -> None: ...
+
+    def delete_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None: ...
+
+    def endpoint_alive(self, ep: EndpointRecord) -> bool:
+        """Whether the endpoint's interface still exists (in our namespace or a sandbox)."""
+
+    def device_names(self, net: NetworkRecord) -> set[str]:
+        """Links this network owns in the driver's namespace (for orphan collection)."""

@@ -1,0 +1,109 @@
+"""Bridge mode: a Linux bridge per network holding the gateway, a veth pair per endpoint.
+
+The container end of the veth is left, down and unaddressed, in the driver's namespace
+(dockerd's) under ``SrcName``: libnetwork moves it into the sandbox, renames it and
+assigns the addresses itself, and hands it back under the same name on Leave.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from driver.errors import Conflict
+from driver.netlink.adapter import Netlink, write_sysctl
+from driver.network.mac import random_mac
+from driver.network.steps import Steps
+from driver.state import EndpointRecord, NetworkRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MTU = 1500
+
+
+def bridge_name(net: NetworkRecord) -> str:
+    return net.config.bridge_name or f"po-{net.id[:12]}"
+
+
+def veth_names(endpoint_id: str) -> tuple[str, str]:
+    return f"poh{endpoint_id[:12]}", f"poc{endpoint_id[:12]}"
+
+
+def gateways(net: NetworkRecord) -> list[str]:
+    return [s.gateway for s in (*net.ipv4, *net.ipv6) if s.gateway]
+
+
+class BridgeMode:
+    def __init__(self, nl: Netlink) -> None:
+        self.nl = nl
+
+    def mtu(self, net: NetworkRecord) -> int:
+        return net.config.mtu or DEFAULT_MTU
+
+    def prepare_network(self, net: NetworkRecord) -> None:
+        name = bridge_name(net)
+        existing = self.nl.link(name)
+        if existing is not None and existing.kind != "bridge":
+            raise Conflict(f"option com.docker.network.bridge.name: {name} exists and is not a bridge")
+        # An admin-made bridge named with -o com.docker.network.bridge.name is used as
+        # Docker's own bridge driver does, and never deleted by us.
+        net.owns_device = existing is None
+
+    def create_network(self, net: NetworkRecord, steps: Steps) -> None:
+        name = bridge_name(net)
+        if net.owns_device:
+            steps.run(
+                f"create bridge {name}",
+                lambda: self.nl.add_bridge(name, self.mtu(net), random_mac()),
+                lambda: self.nl.delete(name),
+            )
+        else:
+            log.info("adopting existing bridge %s for network %s", name, net.id[:12])
+        self._configure(net, name, steps)
+
+    def _configure(self, net: NetworkRecord, name: str, steps: Steps) -> None:
+        if net.config.enable_ipv6:
+            steps.run(f"enable IPv6 on {name}", lambda: write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0"))
+        for cidr in gateways(net):
+            had = cidr in self.nl.addresses(name)
+            steps.run(
+                f"add gateway {cidr} to {name}",
+                lambda c=cidr: self.nl.add_address(name, c),  # type: ignore[misc]
+                None if had else (lambda c=cidr: self.nl.remove_address(name, c)),  # type: ignore[misc]
+            )
+        steps.run(f"bring up {name}", lambda: self.nl.set_link(name, state="up"))
+
+    def ensure_network(self, net: NetworkRecord) -> None:
+        name = bridge_name(net)
+        if self.nl.link(name) is None:
+            log.info("network %s: bridge %s is missing, recreating it", net.id[:12], name)
+            self.nl.add_bridge(name, self.mtu(net), random_mac())
+        with Steps(f"ensure network {net.id[:12]}") as steps:
+            self._configure(net, name, steps)
+
+    def delete_network(self, net: NetworkRecord) -> None:
+        name = bridge_name(net)
+        if net.owns_device:
+            self.nl.delete(name)
+            return
+        for cidr in gateways(net):
+            self.nl.remove_address(name, cidr)
+
+    def create_endpoint(self, net: NetworkRecord, ep: EndpointRecord, steps: Steps) -> None:
+        mtu = self.mtu(net)
+        steps.run(
+            f"create veth {ep.host_if}/{ep.ctr_if}",
+            lambda: self.nl.add_veth(ep.host_if, ep.ctr_if, mtu, ep.mac),
+            lambda: self.nl.delete(ep.host_if),
+        )
+        steps.run(f"attach {ep.host_if} to {bridge_name(net)}", lambda: self.nl.set_master(ep.host_if, bridge_name(net)))
+
+    def delete_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None:
+        # Deleting either end removes the pair; the host end is the one that stays with us.
+        if not self.nl.delete(ep.host_if):
+            self.nl.delete(ep.ctr_if)
+
+    def endpoint_alive(self, ep: EndpointRecord) -> bool:
+        return self.nl.link(ep.host_if) is not None
+
+    def device_names(self, net: NetworkRecord) -> set[str]:
+        return {bridge_name(net)}

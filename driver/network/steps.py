@@ -1,0 +1,55 @@
+"""Named, ordered steps with rollback: a failure half-way undoes what was done.
+
+Each step is logged by name, so a failure describes itself ("create veth …: File
+exists"), and the undo callbacks run in reverse order. ``fail_step`` is a test hook (set
+with ``PYOVERLAY_FAIL_STEP``) that makes the named step fail, to prove rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import ExitStack
+from types import TracebackType
+from typing import Any
+
+from driver.errors import DriverError
+
+log = logging.getLogger(__name__)
+
+
+class Steps:
+    fail_step: str | None = None
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._undo = ExitStack()
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self._undo.pop_all()
+        else:
+            log.warning("%s failed (%s); rolling back", self.what, exc)
+            self._undo.close()
+
+    def run(self, name: str, do: Callable[[], Any], undo: Callable[[], Any] | None = None) -> Any:
+        log.debug("%s: %s", self.what, name)
+        if name == Steps.fail_step:
+            raise DriverError(f"{name}: injected failure (PYOVERLAY_FAIL_STEP)")
+        result = do()
+        if undo is not None:
+            self._undo.callback(_quietly, name, undo)
+        return result
+
+
+def _quietly(name: str, undo: Callable[[], Any]) -> None:
+    # A failing undo must not hide the original error nor stop the other undos.
+    try:
+        undo()
+    except Exception as err:
+        log.error("rollback of %r failed: %s", name, err)

@@ -1,0 +1,78 @@
+"""Wire settings, store, services and the app together, and run uvicorn on the socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from driver.api.routes import Services
+from driver.app import create_app
+from driver.config import Settings
+from driver.firewall.iptables import Iptables
+from driver.ipam.service import IpamService
+from driver.netlink.adapter import Netlink
+from driver.network.modes.bridge import BridgeMode
+from driver.network.reconcile import reconcile
+from driver.network.service import Firewall, NetworkService
+from driver.network.steps import Steps
+from driver.state import Repo
+from driver.store.local import LocalStore
+from driver.worker import Worker
+
+log = logging.getLogger("driver")
+
+
+def build(settings: Settings) -> tuple[Services, Netlink]:
+    repo = Repo(LocalStore(settings.state_dir))
+    nl = Netlink()
+    firewall = Firewall(Iptables(settings.firewall_timeout), Iptables(settings.firewall_timeout, v6=True))
+    network = NetworkService(repo, {"bridge": BridgeMode(nl)}, firewall)
+    ipam = IpamService(repo, settings.default_pools_v4, settings.default_pools_v6, nl.route_networks)
+    return Services(network=network, ipam=ipam, worker=Worker(settings.request_timeout)), nl
+
+
+def _startup(services: Services, nl: Netlink) -> None:
+    try:
+        reconcile(services.network, nl)
+    except Exception:
+        log.exception("reconciliation at start failed; serving anyway")
+
+
+def serve(sock: socket.socket, overrides: dict[str, Any]) -> int:
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        stream=sys.stdout,  # a managed plugin's stdout is logged by dockerd at level info
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pyroute2 logs every netlink message at debug; ours is the useful level.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    Steps.fail_step = settings.fail_step
+    services, nl = build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Queued first on the worker, so every request waits for it, but the loop (and
+        # GetCapabilities) stays responsive meanwhile.
+        services.worker.submit(_startup, services, nl)
+        yield
+        services.worker.submit(nl.close)
+        await asyncio.to_thread(services.worker.shutdown)
+
+    app = create_app(services)
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(
+        app, log_level=settings.log_level, access_log=settings.log_level == "debug", lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    log.info("pyoverlay listening on %s (state in %s)", settings.socket, settings.state_dir)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0

@@ -1,0 +1,43 @@
+"""End-to-end lab: real dockerd engines (20.10 and 28.5) and the driver in throwaway namespaces.
+
+Nothing touches the host's network namespace; see /work/shared/reference/LAB.md.
+"""
+
+from .assets import build_busybox_tar, ensure_sid_tar
+from .driver import DriverProcess, driver_available
+from .engine import DOCKER_CLIS, ENGINE_KINDS, Engine
+from .inspection import Link, iptables_save, links, mounts_under, netns_list
+from .lab import Lab, LabSession
+from .netns import Netns, add_bridge, link_veth
+from .proc import LabError, pid_alive, pids_alive, pids_in_namespace, run, wait_pids
+from .topology import Lan, Outside, connect_lan, connect_outside
+
+__all__ = [
+    "DOCKER_CLIS",
+    "ENGINE_KINDS",
+    "DriverProcess",
+    "Engine",
+    "Lab",
+    "LabError",
+    "LabSession",
+    "Lan",
+    "Link",
+    "Netns",
+    "Outside",
+    "add_bridge",
+    "build_busybox_tar",
+    "connect_lan",
+    "connect_outside",
+    "driver_available",
+    "ensure_sid_tar",
+    "iptables_save",
+    "link_veth",
+    "links",
+    "mounts_under",
+    "netns_list",
+    "pid_alive",
+    "pids_alive",
+    "pids_in_namespace",
+    "run",
+    "wait_pids",
+]
