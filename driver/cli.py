@@ -12,6 +12,7 @@ import argparse
 import errno
 import fcntl
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -95,17 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyoverlay: {err}", file=sys.stderr)
         return 1
     inode = os.stat(socket_path).st_ino
-    from driver.server import serve
-
+    # Until uvicorn installs its own handlers, a SIGTERM must still unwind through the
+    # finally below, or the socket file would be left for the next start to clean up.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     overrides = {"socket": socket_path, "state_dir": state_dir}
     if args.log_level:
         overrides["log_level"] = args.log_level
     try:
+        from driver.server import serve
+
         return serve(sock, overrides)
     finally:
         _unlink_if_ours(socket_path, inode)
         sock.close()
         lock.close()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _unlink_if_ours(path: Path, inode: int) -> None:

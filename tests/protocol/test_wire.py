@@ -1,0 +1,146 @@
+"""The wire contract: dockerd's framing, the {"Err"} contract, bad input changing nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.plugin import Plugin
+
+NID = "1" * 64
+EID = "2" * 64
+NET = {
+    "NetworkID": NID,
+    "Options": {"com.docker.network.enable_ipv6": False, "com.docker.network.generic": {}},
+    "IPv4Data": [{"AddressSpace": "LocalDefault", "Gateway": "10.60.0.1/24", "Pool": "10.60.0.0/24"}],
+    "IPv6Data": [],
+}
+
+
+def net(**generic: str) -> dict[str, Any]:
+    body = json.loads(json.dumps(NET))
+    body["Options"]["com.docker.network.generic"] = generic
+    return body
+
+
+@pytest.mark.parametrize(
+    "verb", ["Plugin.Activate", "NetworkDriver.GetCapabilities", "IpamDriver.GetCapabilities",
+             "IpamDriver.GetDefaultAddressSpaces"],
+)
+def test_argumentless_verbs_take_an_empty_body(shared_plugin: Plugin, verb: str) -> None:
+    r = shared_plugin.raw(verb, b"")
+    assert r.status_code == 200 and r.json()
+
+
+def test_unknown_verb_is_404_with_err(shared_plugin: Plugin) -> None:
+    r = shared_plugin.raw("NetworkDriver.Frobnicate", b"{}")
+    assert r.status_code == 404 and "Err" in r.json() and "detail" not in r.json()
+    r = shared_plugin.client.get("/Plugin.Activate", headers={"Host": ""})
+    assert r.status_code == 405 and "Err" in r.json()
+
+
+@pytest.mark.parametrize(
+    ("verb", "raw", "message"),
+    [
+        ("NetworkDriver.CreateNetwork", b"", "empty request body"),
+        ("NetworkDriver.CreateNetwork", b"{not json", "malformed JSON"),
+        ("NetworkDriver.CreateNetwork", b"[]", "body must be a JSON object"),
+        ("NetworkDriver.Join", b'{"NetworkID": "ab"}', "EndpointID: Field required"),
+        ("NetworkDriver.CreateEndpoint", b'{"NetworkID": 7, "EndpointID": "ab"}', "NetworkID: Input should be a valid string"),
+        ("NetworkDriver.DeleteNetwork", b'{"NetworkID": "../../etc/passwd"}', "NetworkID: must be an ID"),
+        ("IpamDriver.RequestPool", b'{"Pool": "10.0.0.0/8", "V6": "no"}', "V6: Input should be a valid boolean"),
+        ("IpamDriver.RequestAddress", b"", "empty request body"),
+        ("IpamDriver.ReleasePool", b"{}", "PoolID: Field required"),
+    ],
+)
+def test_malformed_requests_get_400_err(shared_plugin: Plugin, verb: str, raw: bytes, message: str) -> None:
+    before = shared_plugin.snapshot()
+    r = shared_plugin.raw(verb, raw)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"Err"} and message in r.json()["Err"]
+    assert shared_plugin.snapshot() == before
+
+
+BAD_NETWORKS = [
+    (net(mode="vxlan2"), "option mode: unknown mode 'vxlan2'"),
+    (net(**{"com.docker.network.bridge.name": "br0;reboot"}), "is not a valid interface name"),
+    (net(**{"com.docker.network.bridge.name": "a-very-long-bridge-name"}), "is not a valid interface name"),
+    (net(**{"com.docker.network.bridge.name": "../../x"}), "is not a valid interface name"),
+    (net(**{"com.docker.network.driver.mtu": "9x"}), "option com.docker.network.driver.mtu: '9x' is not an integer"),
+    (net(**{"com.docker.network.driver.mtu": "65536"}), "out of range 68-65535"),
+    (net(**{"com.docker.network.container_iface_prefix": "$(id)"}), "not a valid prefix"),
+    (net(**{"com.docker.network.bridge.enable_icc": "maybe"}), "is not a boolean"),
+    ({**NET, "IPv4Data": [{"Pool": "10.60.0.0/33", "Gateway": "10.60.0.1/24"}]}, "IPv4Data[0].Pool: '10.60.0.0/33'"),
+    ({**NET, "IPv4Data": [{"Pool": "10.60.0.0/24", "Gateway": "10.61.0.1/24"}]},
+     "IPv4Data[0].Gateway: 10.61.0.1 is outside pool 10.60.0.0/24"),
+    ({**NET, "IPv4Data": [{"Pool": "fd00::/64"}]}, "IPv4Data[0].Pool: 'fd00::/64' is not an IPv4 subnet"),
+    ({**NET, "IPv4Data": [{"Pool": "10.60.0.0/24", "AuxAddresses": {"a": "nope"}}]},
+     "IPv4Data[0].AuxAddresses.a: 'nope' is not an IP address"),
+    ({**NET, "Options": {"com.docker.network.enable_ipv6": "yes"}}, "Options.com.docker.network.enable_ipv6"),
+    ({**NET, "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": 1400}}},
+     "value must be a string"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_NETWORKS)
+def test_bad_network_options_change_nothing(shared_plugin: Plugin, body: dict[str, Any], message: str) -> None:
+    before = shared_plugin.snapshot()
+    err = shared_plugin.err("NetworkDriver.CreateNetwork", body, status=400)
+    assert message in err
+    assert shared_plugin.snapshot() == before
+
+
+def test_bad_endpoint_requests_change_nothing(shared_plugin: Plugin) -> None:
+    shared_plugin.ok("NetworkDriver.CreateNetwork", NET)
+    try:
+        before = shared_plugin.snapshot()
+        cases = [
+            ({"Address": "10.60.0.5"}, "Interface.Address: '10.60.0.5' has no prefix length"),
+            ({"Address": "10.99.0.5/24"}, "Interface.Address: 10.99.0.5/24 is in none of the network's subnets"),
+            ({"Address": "10.60.0.5/24", "MacAddress": "01:00:5e:00:00:01"}, "is a multicast MAC"),
+            ({"Address": "10.60.0.5/24", "MacAddress": "nope"}, "Interface.MacAddress: 'nope' is not a MAC"),
+        ]
+        for iface, message in cases:
+            err = shared_plugin.err(
+                "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": iface}, 400
+            )
+            assert message in err
+        unknown = {"NetworkID": "9" * 64, "EndpointID": EID, "Interface": {}}
+        assert "NetworkID: network 999999999999 is not known" in shared_plugin.err(
+            "NetworkDriver.CreateEndpoint", unknown, 400
+        )
+        assert "EndpointID: endpoint" in shared_plugin.err("NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})
+        assert shared_plugin.snapshot() == before
+    finally:
+        shared_plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+
+
+def test_teardown_verbs_succeed_for_unknown_ids(shared_plugin: Plugin) -> None:
+    ids = {"NetworkID": "a" * 64, "EndpointID": "b" * 64}
+    for verb in ("Leave", "DeleteEndpoint", "RevokeExternalConnectivity", "DeleteNetwork", "EndpointOperInfo"):
+        body = ids if verb != "DeleteNetwork" else {"NetworkID": ids["NetworkID"]}
+        shared_plugin.ok(f"NetworkDriver.{verb}", body)
+    shared_plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": "PyoverlayLocal/10.1.0.0/24", "Address": "10.1.0.3"})
+    shared_plugin.ok("IpamDriver.ReleasePool", {"PoolID": "PyoverlayLocal/10.1.0.0/24"})
+
+
+def test_ipam_errors_are_non_200_err(shared_plugin: Plugin) -> None:
+    pool = shared_plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "PyoverlayLocal", "Pool": "10.62.0.0/30"})
+    try:
+        assert pool == {"PoolID": "PyoverlayLocal/10.62.0.0/30", "Pool": "10.62.0.0/30", "Data": {}}
+        overlap = shared_plugin.err("IpamDriver.RequestPool", {"AddressSpace": "PyoverlayLocal", "Pool": "10.62.0.0/24"})
+        assert "Pool: 10.62.0.0/24 overlaps pool 10.62.0.0/30" in overlap
+        req = {"PoolID": pool["PoolID"], "Address": "", "Options": None}
+        assert shared_plugin.ok("IpamDriver.RequestAddress", req)["Address"] == "10.62.0.1/30"
+        assert shared_plugin.ok("IpamDriver.RequestAddress", req)["Address"] == "10.62.0.2/30"
+        assert "no free address left" in shared_plugin.err("IpamDriver.RequestAddress", req, 409)
+        taken = {**req, "Address": "10.62.0.2"}
+        assert "Address: 10.62.0.2 is already allocated" in shared_plugin.err("IpamDriver.RequestAddress", taken, 409)
+        outside = {**req, "Address": "10.63.0.2"}
+        assert "outside pool" in shared_plugin.err("IpamDriver.RequestAddress", outside, 400)
+        unknown = {**req, "PoolID": "PyoverlayLocal/10.9.0.0/24"}
+        assert "PoolID: unknown pool" in shared_plugin.err("IpamDriver.RequestAddress", unknown, 400)
+    finally:
+        shared_plugin.ok("IpamDriver.ReleasePool", {"PoolID": "PyoverlayLocal/10.62.0.0/30"})
