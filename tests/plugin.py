@@ -49,6 +49,12 @@ class Plugin:
         else:
             self.driver.stop()
         self.driver.start()
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Return once start-up reconciliation is done: it runs first on the worker, so
+        any call served by the worker is answered after it."""
+        self.ok("NetworkDriver.EndpointOperInfo", {"NetworkID": "0", "EndpointID": "0"})
 
     def close(self) -> None:
         if self._client is not None:

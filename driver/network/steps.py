@@ -2,12 +2,16 @@
 
 Each step is logged by name, so a failure describes itself ("create veth …: File
 exists"), and the undo callbacks run in reverse order. ``fail_step`` is a test hook (set
-with ``PYOVERLAY_FAIL_STEP``) that makes the named step fail, to prove rollback.
+with ``PYOVERLAY_FAIL_STEP``): the first step whose name starts with it fails, to prove
+rollback; with a ``crash:`` prefix the process kills itself there instead, as a
+``kill -9`` at that moment would, to prove recovery at the next start.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
@@ -39,12 +43,21 @@ class Steps:
 
     def run(self, name: str, do: Callable[[], Any], undo: Callable[[], Any] | None = None) -> Any:
         log.debug("%s: %s", self.what, name)
-        if name == Steps.fail_step:
-            raise DriverError(f"{name}: injected failure (PYOVERLAY_FAIL_STEP)")
+        if Steps.fail_step:
+            _inject(Steps.fail_step, name)
         result = do()
         if undo is not None:
             self._undo.callback(_quietly, name, undo)
         return result
+
+
+def _inject(spec: str, name: str) -> None:
+    crash = spec.startswith("crash:")
+    if not name.startswith(spec.removeprefix("crash:")):
+        return
+    if crash:
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise DriverError(f"{name}: injected failure (PYOVERLAY_FAIL_STEP)")
 
 
 def _quietly(name: str, undo: Callable[[], Any]) -> None:

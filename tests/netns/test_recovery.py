@@ -1,0 +1,92 @@
+"""Restarts and crashes: state survives, the kernel is reconciled, nothing leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.netns.test_bridge import BRIDGE, NET, NID, endpoint
+from tests.plugin import Plugin, plugin_fixture
+
+EP = "5" * 64
+
+
+def test_state_survives_kill9(plugin: Plugin) -> None:
+    pool = plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "PyoverlayLocal", "Pool": "10.70.0.0/24"})
+    req = {"PoolID": pool["PoolID"], "Address": "", "Options": None}
+    assert plugin.ok("IpamDriver.RequestAddress", req)["Address"] == "10.70.0.1/24"
+    plugin.ok("NetworkDriver.CreateNetwork", NET)
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint(EP, "10.70.0.5/24"))
+    plugin.restart(kill=True)
+    # no address is handed out twice, the network and endpoint are still known
+    assert plugin.ok("IpamDriver.RequestAddress", req)["Address"] == "10.70.0.2/24"
+    assert plugin.ok("NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EP})["Gateway"] == "10.70.0.1"
+    assert plugin.iptables().count(f"-A PYOVERLAY-FORWARD -i {BRIDGE} -o {BRIDGE} -j ACCEPT") == 1
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint("6" * 64, "10.70.0.6/24"))
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EP})
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    assert not any(n.startswith("po") for n in plugin.link_names())
+
+
+def test_start_recreates_missing_bridge_and_collects_orphans(plugin: Plugin) -> None:
+    plugin.ok("NetworkDriver.CreateNetwork", NET)
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint(EP, "10.70.0.5/24"))
+    plugin.close()
+    plugin.driver.stop()
+    plugin.ns.ip("link", "del", BRIDGE)  # as after a reboot: the kernel forgot, the store did not
+    plugin.ns.ip("link", "del", "poh" + EP[:12])  # this endpoint's container died meanwhile
+    plugin.ns.ip("link", "add", "poh0123456789ab", "type", "veth", "peer", "name", "poc0123456789ab")
+    plugin.ns.ip("link", "add", "admin0", "type", "veth", "peer", "name", "admin1")
+    plugin.driver.start()
+    plugin.wait_ready()
+    names = plugin.link_names()
+    assert BRIDGE in names and "10.70.0.1/24" in plugin.ns.run("ip", "addr", "show", BRIDGE).stdout
+    assert "poh0123456789ab" not in names and "poc0123456789ab" not in names
+    assert {"admin0", "admin1"} <= names, "links that do not follow our naming are never touched"
+    assert not list((plugin.driver.state_dir / "store" / "endpoint").glob("*.json"))
+
+
+@pytest.mark.parametrize("step", ["crash:create bridge", "crash:program firewall", "crash:add gateway"])
+def test_kill9_mid_create_is_rolled_back_at_start(tmp_path: Path, step: str) -> None:
+    gen = plugin_fixture(tmp_path / "p", env={"PYOVERLAY_FAIL_STEP": step})
+    plugin = next(gen)
+    try:
+        status = plugin.raw("NetworkDriver.CreateNetwork", (__import__("json").dumps(NET) + "\n").encode())
+    except Exception:  # the process died mid-request: dockerd would see a transport error
+        status = None
+    assert status is None or status.status_code != 200
+    plugin.close()
+    plugin.driver.extra_env.pop("PYOVERLAY_FAIL_STEP")
+    plugin.driver.start()
+    plugin.wait_ready()
+    assert not any(n.startswith("po") for n in plugin.link_names())
+    assert not list((plugin.driver.state_dir / "store").rglob("*.json"))
+    assert "-A PYOVERLAY-FORWARD -i" not in plugin.iptables()
+    plugin.ok("NetworkDriver.CreateNetwork", NET)  # and the same create now goes through
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    next(gen, None)
+
+
+@pytest.mark.parametrize(("step", "verb", "body"), [
+    ("program firewall", "NetworkDriver.CreateNetwork", NET),
+    ("add gateway", "NetworkDriver.CreateNetwork", NET),
+])
+def test_failure_half_way_rolls_back(tmp_path: Path, step: str, verb: str, body: dict[str, object]) -> None:
+    gen = plugin_fixture(tmp_path / "p", env={"PYOVERLAY_FAIL_STEP": step})
+    plugin = next(gen)
+    before = plugin.snapshot()
+    assert "injected failure" in plugin.err(verb, body, 500)
+    assert plugin.snapshot() == before
+    next(gen, None)
+
+
+def test_failed_endpoint_leaves_no_veth(tmp_path: Path) -> None:
+    gen = plugin_fixture(tmp_path / "p", env={"PYOVERLAY_FAIL_STEP": "attach"})
+    plugin = next(gen)
+    plugin.ok("NetworkDriver.CreateNetwork", NET)
+    before = plugin.snapshot()
+    assert "injected failure" in plugin.err("NetworkDriver.CreateEndpoint", endpoint(EP, "10.70.0.5/24"), 500)
+    assert plugin.snapshot() == before
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    next(gen, None)
