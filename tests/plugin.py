@@ -124,4 +124,4 @@ def is_root() -> bool:
 
 
 def have(cmd: str) -> bool:
-    return subprocess.run(["sh", "-c", f"command -v {cmd}"], capture_output=True).returncode == 0
+    return subprocess.run(["sh", "-c", f"command -v {cmd}"], capture_output=True, check=False).returncode == 0

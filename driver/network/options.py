@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -33,9 +33,6 @@ IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 PARENT = "parent"
 MACVLAN_MODE = "macvlan_mode"
 
-KNOWN_KEYS = frozenset(
-    {MODE, BRIDGE_NAME, ENABLE_ICC, ENABLE_MASQ, HOST_BINDING, MTU, IFACE_PREFIX, PARENT, MACVLAN_MODE}
-)
 # Keys dockerd itself puts into the generic map (daemon default-network-opts and the like).
 _IGNORED_PREFIXES = ("com.docker.network.",)
 
@@ -80,78 +77,70 @@ def check_ifname(key: str, value: str) -> str:
     return value
 
 
-def parse_mtu(value: str, enable_ipv6: bool) -> int:
+def parse_mtu(key: str, value: str, enable_ipv6: bool = False) -> int:
     if not value.isdigit():
-        raise InvalidRequest(f"option {MTU}: {value!r} is not an integer")
+        raise InvalidRequest(f"option {key}: {value!r} is not an integer")
     mtu = int(value)
     low = MIN_MTU_V6 if enable_ipv6 else MIN_MTU
     if not low <= mtu <= MAX_MTU:
         why = " (IPv6 needs at least 1280)" if enable_ipv6 else ""
-        raise InvalidRequest(f"option {MTU}: {mtu} is out of range {low}-{MAX_MTU}{why}")
+        raise InvalidRequest(f"option {key}: {mtu} is out of range {low}-{MAX_MTU}{why}")
     return mtu
 
 
-def _parse_host_binding(value: str) -> str:
+def _ipv4(key: str, value: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
-        raise InvalidRequest(f"option {HOST_BINDING}: {value!r} is not an IPv4 address") from None
+        raise InvalidRequest(f"option {key}: {value!r} is not an IPv4 address") from None
 
 
-def _parse_mode(value: str) -> Mode:
-    if value == "bridge" or value == "macvlan":
+def _one_of(*allowed: str) -> Callable[[str, str], str]:
+    def check(key: str, value: str) -> str:
+        if value not in allowed:
+            raise InvalidRequest(f"option {key}: unknown mode {value!r} (expected {', '.join(allowed)})")
         return value
-    raise InvalidRequest(f"option {MODE}: unknown mode {value!r} (expected bridge or macvlan)")
+
+    return check
 
 
-def _parse_macvlan_mode(value: str) -> MacvlanMode:
-    if value in ("bridge", "private", "vepa", "passthru"):
-        return value  # type: ignore[return-value]
-    raise InvalidRequest(
-        f"option {MACVLAN_MODE}: unknown mode {value!r} (expected bridge, private, vepa or passthru)"
-    )
-
-
-def _check_prefix(value: str) -> str:
+def _prefix(key: str, value: str) -> str:
     if not _PREFIX_RE.match(value):
         raise InvalidRequest(
-            f"option {IFACE_PREFIX}: {value!r} is not a valid prefix (1-8 letters or digits, starting with a letter)"
+            f"option {key}: {value!r} is not a valid prefix (1-8 letters or digits, starting with a letter)"
         )
     return value
+
+
+# key → (NetworkConfig field, parser of the string value)
+_PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    MODE: ("mode", _one_of("bridge", "macvlan")),
+    BRIDGE_NAME: ("bridge_name", check_ifname),
+    MTU: ("mtu", parse_mtu),
+    ENABLE_ICC: ("icc", parse_bool),
+    ENABLE_MASQ: ("masquerade", parse_bool),
+    HOST_BINDING: ("host_binding_ipv4", _ipv4),
+    IFACE_PREFIX: ("iface_prefix", _prefix),
+    PARENT: ("parent", check_ifname),
+    MACVLAN_MODE: ("macvlan_mode", _one_of("bridge", "private", "vepa", "passthru")),
+}
 
 
 def parse_options(generic: Mapping[str, Any], *, internal: bool, enable_ipv6: bool) -> NetworkConfig:
     for key, value in generic.items():
         if not isinstance(value, str):
             raise InvalidRequest(f"option {key}: value must be a string, got {type(value).__name__}")
-    opts: Mapping[str, str] = generic
-    for key in opts:
-        if key not in KNOWN_KEYS and not key.startswith(_IGNORED_PREFIXES):
+        if key not in _PARSERS and not key.startswith(_IGNORED_PREFIXES):
             log.warning("ignoring unknown network option %r", key)
-    cfg = NetworkConfig(internal=internal, enable_ipv6=enable_ipv6)
-    if MODE in opts:
-        cfg.mode = _parse_mode(opts[MODE])
-    if BRIDGE_NAME in opts:
-        cfg.bridge_name = check_ifname(BRIDGE_NAME, opts[BRIDGE_NAME])
-    if MTU in opts:
-        cfg.mtu = parse_mtu(opts[MTU], enable_ipv6)
-    if ENABLE_ICC in opts:
-        cfg.icc = parse_bool(ENABLE_ICC, opts[ENABLE_ICC])
-    if ENABLE_MASQ in opts:
-        cfg.masquerade = parse_bool(ENABLE_MASQ, opts[ENABLE_MASQ])
-    if HOST_BINDING in opts:
-        cfg.host_binding_ipv4 = _parse_host_binding(opts[HOST_BINDING])
-    if IFACE_PREFIX in opts:
-        cfg.iface_prefix = _check_prefix(opts[IFACE_PREFIX])
-    if PARENT in opts:
-        cfg.parent = check_ifname(PARENT, opts[PARENT])
-    if MACVLAN_MODE in opts:
-        cfg.macvlan_mode = _parse_macvlan_mode(opts[MACVLAN_MODE])
-    _check_mode_keys(cfg, opts)
+    values = {field: parse(key, generic[key]) for key, (field, parse) in _PARSERS.items() if key in generic}
+    if MTU in generic:
+        values["mtu"] = parse_mtu(MTU, generic[MTU], enable_ipv6)
+    cfg = NetworkConfig(internal=internal, enable_ipv6=enable_ipv6, **values)
+    _check_mode_keys(cfg, generic)
     return cfg
 
 
-def _check_mode_keys(cfg: NetworkConfig, opts: Mapping[str, str]) -> None:
+def _check_mode_keys(cfg: NetworkConfig, opts: Mapping[str, Any]) -> None:
     if cfg.mode == "bridge":
         for key in (PARENT, MACVLAN_MODE):
             if key in opts:

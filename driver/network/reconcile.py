@@ -35,14 +35,14 @@ def reconcile(service: NetworkService, nl: Netlink) -> None:
         else:
             mode.ensure_network(net)
     for ep in repo.endpoints():
-        net = repo.network(ep.network_id)
-        if net is None:
+        owner = repo.network(ep.network_id)
+        if owner is None:
             repo.delete_endpoint(ep.id)
             continue
-        mode = service.mode(net)
+        mode = service.mode(owner)
         if ep.status == "creating" or not mode.endpoint_alive(ep):
             log.info("endpoint %s: its interface is gone, forgetting it", ep.id[:12])
-            mode.delete_endpoint(net, ep)
+            mode.delete_endpoint(owner, ep)
             repo.delete_endpoint(ep.id)
     _collect_orphans(service, nl)
     service.sync_firewall()

@@ -43,10 +43,10 @@ def test_stale_socket_is_replaced_after_kill9(plugin: Plugin) -> None:
 
 def test_second_instance_is_refused(plugin: Plugin, tmp_path: Path) -> None:
     other = DriverProcess(plugin.ns, plugin.driver.socket_path.parent, tmp_path / "other-state", tmp_path / "o.log")
-    proc = subprocess.run(plugin.ns.cmd(*other.argv()), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(plugin.ns.cmd(*other.argv()), capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 1
     assert "another pyoverlay is already serving on" in proc.stderr
     same_state = DriverProcess(plugin.ns, tmp_path, plugin.driver.state_dir, tmp_path / "s.log")
-    proc = subprocess.run(plugin.ns.cmd(*same_state.argv()), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(plugin.ns.cmd(*same_state.argv()), capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 1 and "is in use by another pyoverlay" in proc.stderr
     assert plugin.ok("Plugin.Activate")  # the first one is unharmed

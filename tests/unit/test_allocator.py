@@ -18,7 +18,7 @@ from driver.ipam import allocator as a
     ],
 )
 def test_parse_network_rejects(value: str, v6: bool | None, message: str) -> None:
-    with pytest.raises(InvalidRequest, match="^Pool: ") as exc:
+    with pytest.raises(InvalidRequest, match=r"^Pool: ") as exc:
         a.parse_network("Pool", value, v6=v6)
     assert message in str(exc.value)
 

@@ -17,5 +17,5 @@ def test_random_mac_is_local_unicast() -> None:
 
 @pytest.mark.parametrize("bad", ["02:42:0a", "zz:42:0a:4d:00:32", "01:00:5e:00:00:01", "02-42-0a-4d-00-32"])
 def test_bad_mac(bad: str) -> None:
-    with pytest.raises(InvalidRequest, match="Interface.MacAddress"):
+    with pytest.raises(InvalidRequest, match=r"Interface\.MacAddress"):
         check_mac("Interface.MacAddress", bad)

@@ -67,7 +67,7 @@ def test_ipv6_needs_mtu_1280() -> None:
 
 
 def test_non_string_value_is_refused() -> None:
-    with pytest.raises(InvalidRequest, match="option com.docker.network.driver.mtu: value must be a string"):
+    with pytest.raises(InvalidRequest, match=r"option com\.docker\.network\.driver\.mtu: value must be a string"):
         parse_options({"com.docker.network.driver.mtu": 1400}, internal=False, enable_ipv6=False)
 
 
@@ -75,7 +75,7 @@ def test_macvlan_keys() -> None:
     cfg = parse_options({"mode": "macvlan", "parent": "eth1.10", "macvlan_mode": "private"},
                         internal=False, enable_ipv6=False)
     assert (cfg.mode, cfg.parent, cfg.macvlan_mode) == ("macvlan", "eth1.10", "private")
-    with pytest.raises(InvalidRequest, match="option macvlan_mode: unknown mode 'nat'"):
+    with pytest.raises(InvalidRequest, match=r"option macvlan_mode: unknown mode 'nat'"):
         parse_options({"mode": "macvlan", "macvlan_mode": "nat"}, internal=False, enable_ipv6=False)
     with pytest.raises(InvalidRequest, match="only valid with -o mode=bridge"):
         parse_options({"mode": "macvlan", "com.docker.network.bridge.name": "x"}, internal=False, enable_ipv6=False)

@@ -95,7 +95,8 @@ class BridgeMode:
             lambda: self.nl.add_veth(ep.host_if, ep.ctr_if, mtu, ep.mac),
             lambda: self.nl.delete(ep.host_if),
         )
-        steps.run(f"attach {ep.host_if} to {bridge_name(net)}", lambda: self.nl.set_master(ep.host_if, bridge_name(net)))
+        bridge = bridge_name(net)
+        steps.run(f"attach {ep.host_if} to {bridge}", lambda: self.nl.set_master(ep.host_if, bridge))
 
     def delete_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None:
         # Deleting either end removes the pair; the host end is the one that stays with us.
