@@ -218,9 +218,15 @@ class Netlink:
 
 
 def write_sysctl(path: str, value: str) -> None:
-    """Write ``/proc/sys/<path>`` of the driver's own network namespace."""
+    """Write ``/proc/sys/<path>`` of the driver's own network namespace.
+
+    Skipped when the value is already set: a managed plugin sees /proc/sys read-only, and
+    the defaults are usually what we want anyway.
+    """
     target = Path("/proc/sys") / path
     try:
+        if target.read_text().strip() == value:
+            return
         target.write_text(value)
     except OSError as err:
         raise DriverError(f"set sysctl {path}={value}: {err.strerror}") from None

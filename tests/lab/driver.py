@@ -143,9 +143,7 @@ class DriverProcess:
                 )
             if time.monotonic() - t0 > timeout:
                 self.stop()
-                raise LabError(
-                    f"driver {self.name} not listening after {timeout}s; log tail:\n{tail(self.log_path)}"
-                )
+                raise LabError(f"driver {self.name} not listening after {timeout}s; log tail:\n{tail(self.log_path)}")
             time.sleep(0.05)
         self.timings.setdefault("start_to_socket", []).append(round(time.monotonic() - t0, 3))
         log.info("driver %s pid %s listening in %.2fs", self.name, self.pid, time.monotonic() - t0)
@@ -161,9 +159,7 @@ class DriverProcess:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning(
-                    "driver %s pid %s ignored SIGTERM for %.0fs; SIGKILL", self.name, proc.pid, timeout
-                )
+                log.warning("driver %s pid %s ignored SIGTERM for %.0fs; SIGKILL", self.name, proc.pid, timeout)
                 proc.kill()
                 proc.wait(10)
         return proc.returncode

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .netns import Netns
-from .proc import LabError, log, run, tail, terminate_pids, wait_pids
+from .proc import LabError, log, run, signal_pids, tail, terminate_pids, wait_pids
 
 ENGINE_KINDS = ("20.10", "28.5")
 # The 28.x CLI negotiates down to API 1.41 but refuses `run --mac-address` there (LAB §1): use 20.10's.
@@ -124,6 +124,13 @@ class Engine:
             # LAB §1) and gives a private /run/docker/plugins without creating it on the host.
             lines = [
                 "mount -t tmpfs -o mode=755 tmpfs /run",
+                # A sysfs shows the netns of whoever mounts it: this script runs in the engine's netns,
+                # so dockerd sees its own /sys/class/net. The cgroup tree is carried over.
+                "mkdir /run/.po-cgroup",
+                "mount --rbind /sys/fs/cgroup /run/.po-cgroup",
+                "mount -t sysfs sysfs /sys",
+                "mount --move /run/.po-cgroup /sys/fs/cgroup",
+                "rmdir /run/.po-cgroup",
                 "mkdir -p /run/docker/plugins",
                 f"mount --bind {q(str(self.plugins_dir))} /run/docker/plugins",
                 # dockerd 20.10 writes /etc/docker/key.json: keep it out of the host's /etc.
@@ -134,13 +141,18 @@ class Engine:
             lines = [
                 # '/' must be a mount point, or runc fails: remount /, flags: 0x84000 (LAB §16).
                 f"mount --bind {r} {r}",
+                # Shared by all 28.5 engines and sessions: nothing may write to it.
+                f"mount -o remount,bind,ro {r}",
                 f"mount --rbind /proc {r}/proc",
-                f"mount --rbind /sys {r}/sys",
+                # sysfs of the engine's netns (see 20.10 above), plus the host's cgroup tree.
+                f"mount -t sysfs sysfs {r}/sys",
+                f"mount --rbind /sys/fs/cgroup {r}/sys/fs/cgroup",
                 f"mount --rbind /dev {r}/dev",
                 f"mount -t tmpfs -o mode=755 tmpfs {r}/run",
-                # The rootfs is shared by all 28.5 engines of a session: give each its own /tmp.
+                f"mount -t tmpfs -o mode=755 tmpfs {r}/opt",  # containerd's "opt" plugin writes there
+                # A writable /tmp of the engine's own.
                 f"mount --bind {q(str(self.dir / 'tmp'))} {r}/tmp",
-                f"mkdir -p {r}/run/docker/plugins {r}{SID_WORKDIR} {r}/.po-oldroot",
+                f"mkdir -p {r}/run/docker/plugins {r}{SID_WORKDIR}",
                 f"mount --bind {q(str(self.plugins_dir))} {r}/run/docker/plugins",
                 f"mount --bind {q(str(self.dir))} {r}{SID_WORKDIR}",
                 # The rootfs becomes the namespace root, so whatever enters it (dockerd, runc exec,
@@ -158,7 +170,8 @@ class Engine:
         self.mntns_file.touch()
         run(["unshare", f"--mount={self.mntns_file}", "--propagation", "private", "true"])
         self._mntns_ready = True
-        run(["nsenter", f"--mount={self.mntns_file}", "sh", "-c", self._mount_setup_script()])
+        script = self._mount_setup_script()
+        run(["nsenter", f"--net={self.netns.path}", f"--mount={self.mntns_file}", "sh", "-c", script])
 
     def release_mntns(self) -> None:
         """Drop the mount namespace (only once dockerd and its shims are gone)."""
@@ -229,9 +242,7 @@ class Engine:
             time.sleep(0.03)
         self._record("start_to_api", time.monotonic() - t0)
         self.started_pids += self._children(self._proc.pid)
-        log.info(
-            "engine %s (%s) pid %s API up in %.2fs", self.name, self.kind, self.pid, time.monotonic() - t0
-        )
+        log.info("engine %s (%s) pid %s API up in %.2fs", self.name, self.kind, self.pid, time.monotonic() - t0)
         if self.image_tar is not None and not self._image_imported:
             t1 = time.monotonic()
             self.cli("import", "-c", BB_PATH_ENV, "-c", 'CMD ["/bin/sh"]', str(self.image_tar), "bb:latest")
@@ -269,9 +280,7 @@ class Engine:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning(
-                    "dockerd %s pid %s ignored SIGTERM for %.0fs; SIGKILL", self.name, proc.pid, timeout
-                )
+                log.warning("dockerd %s pid %s ignored SIGTERM for %.0fs; SIGKILL", self.name, proc.pid, timeout)
                 proc.kill()
                 proc.wait(10)
             left = wait_pids(children, 10.0)
@@ -315,9 +324,7 @@ class Engine:
             exe = DOCKER_CLIS[client]
         except KeyError:
             raise ValueError(f"client must be one of {sorted(DOCKER_CLIS)}") from None
-        return run(
-            [exe, "-H", self.host_url, *args], check=check, timeout=timeout, input=input, env=self.cli_env()
-        )
+        return run([exe, "-H", self.host_url, *args], check=check, timeout=timeout, input=input, env=self.cli_env())
 
     def container_pid(self, container: str) -> int:
         return int(self.cli("inspect", "-f", "{{.State.Pid}}", container).stdout.strip())
@@ -326,9 +333,7 @@ class Engine:
         """Path usable with `nsenter --net=` / pyroute2 from the host, whatever the engine's mount ns."""
         return f"/proc/{self.container_pid(container)}/ns/net"
 
-    def run_in_mntns(
-        self, *args: str, check: bool = True, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[str]:
+    def run_in_mntns(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a command in the engine's netns + mount namespace (sid's / for 28.5)."""
         prefix = ["nsenter", f"--net={self.netns.path}", f"--mount={self.mntns_file}"]
         return run([*prefix, *args], check=check, timeout=timeout)
@@ -345,7 +350,9 @@ class Engine:
         ids = self.cli("ps", "-aq", timeout=60).stdout.split()
         if ids:
             self.cli("rm", "-f", *ids, check=False, timeout=120)
-        self.cli("swarm", "leave", "--force", check=False, timeout=60)
+        state = self.cli("info", "--format", "{{.Swarm.LocalNodeState}}", check=False).stdout.strip()
+        if state not in ("", "inactive"):
+            self.cli("swarm", "leave", "--force", check=False, timeout=60)
         for plugin in self.cli("plugin", "ls", "-q", check=False).stdout.split():
             self.cli("plugin", "rm", "-f", plugin, check=False, timeout=60)
         self.cli("network", "prune", "-f", check=False, timeout=120)
@@ -371,8 +378,10 @@ class Engine:
                     continue
         killed = sorted(pids)
         if killed:
+            # Container processes are disposable, and a container's PID 1 ignores SIGTERM anyway.
             log.warning("engine %s: killing stray container processes %s", self.name, killed)
-            terminate_pids(killed, 5.0, what="container process")
+            signal_pids(killed, signal.SIGKILL)
+            wait_pids(killed, 10.0)
         for d in self.cgroup_dirs():
             # Children before parents: rmdir needs an empty cgroup.
             for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):

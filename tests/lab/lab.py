@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,21 @@ from .driver import DriverProcess
 from .engine import Engine
 from .inspection import mounts_under, netns_list
 from .netns import Netns
-from .proc import log, pids_alive, run, terminate_pids
+from .proc import log, pids_alive, process_start_time, run, terminate_pids
 from .topology import Lan, Outside, connect_lan, connect_outside
 
 BASE_ROOT = Path("/tmp")
+# Set to a directory to keep every lab's dockerd and driver logs after teardown.
+KEEP_LOGS_ENV = "PYOVERLAY_E2E_KEEP_LOGS"
+OWNER_FILE = "owner"
 
 
 def _step(errors: list[str], what: str, fn: Callable[[], Any]) -> None:
     """Run one teardown step; log and remember a failure, never raise (later steps must run)."""
+    t0 = time.monotonic()
     try:
         fn()
+        log.debug("teardown: %s (%.2fs)", what, time.monotonic() - t0)
     except Exception as e:
         msg = f"{what}: {type(e).__name__}: {e}"
         log.error("teardown: %s", msg)
@@ -43,6 +50,8 @@ class LabSession:
         self.token = token or secrets.token_hex(3)
         self.base = root / f"po-e2e-{self.token}"
         self.base.mkdir(parents=True)
+        # Lets `python -m tests.lab.reap` tell a crashed session's leftovers from a live one's.
+        (self.base / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}\n")
         self.netns_prefix = f"po{self.token}"
         self.labs: list[Lab] = []
         self._counter = itertools.count(1)
@@ -60,10 +69,12 @@ class LabSession:
             return self._bb_tar
 
     def sid_rootfs(self) -> Path:
-        """The sid rootfs with dockerd 28.5, unpacked once per session (the tarball is cached on disk)."""
+        """The sid rootfs with dockerd 28.5 (unpacked once into the cache, used read-only)."""
         with self._lock:
             if self._sid_root is None:
-                self._sid_root = assets.extract_rootfs(assets.ensure_sid_tar(), self.base / "sid-root")
+                t0 = time.monotonic()
+                self._sid_root = assets.cached_rootfs(assets.ensure_sid_tar())
+                log.info("sid rootfs %s ready in %.2fs", self._sid_root, time.monotonic() - t0)
             return self._sid_root
 
     def lab(self, label: str = "l") -> Lab:
@@ -210,6 +221,18 @@ class Lab:
         return connect_lan(ns, self.netns(name), self.netns(f"{name}h"), **kwargs)
 
     # ---------------------------------------------------------- bookkeeping
+    def copy_logs(self, dest: Path) -> Path:
+        """Copy the engine and driver logs to `dest/<token>-<label>/` (they go with the lab dir)."""
+        out = dest / f"{self.session.token}-{self.label}"
+        out.mkdir(parents=True, exist_ok=True)
+        for e in self.engines:
+            if e.log_path.exists():
+                shutil.copy(e.log_path, out / f"{e.name}-dockerd-{e.kind}.log")
+        for d in self.drivers:
+            if d.log_path.exists():
+                shutil.copy(d.log_path, out / d.log_path.name)
+        return out
+
     def recorded_pids(self) -> list[int]:
         pids: list[int] = []
         for e in self.engines:
@@ -224,6 +247,17 @@ class Lab:
             return []
         self._torn_down = True
         errors: list[str] = []
+        self._stop_processes(errors)
+        keep = os.environ.get(KEEP_LOGS_ENV)
+        if keep:
+            _step(errors, "keep logs", lambda: self.copy_logs(Path(keep)))
+        self._remove_namespaces_and_files(errors)
+        atexit.unregister(self.teardown)
+        if errors:
+            log.error("lab %s teardown had %d error(s)", self.label, len(errors))
+        return errors
+
+    def _stop_processes(self, errors: list[str]) -> None:
         for e in self.engines:
             _step(errors, f"remove objects on {e.name}", e.remove_objects)
         # Engines before drivers: stopping dockerd still sends Leave/DeleteEndpoint.
@@ -233,6 +267,8 @@ class Lab:
             _step(errors, f"stop driver {d.name}", d.stop)
         for e in self.engines:
             _step(errors, f"cgroups of {e.name}", e.cleanup_cgroups)
+
+    def _remove_namespaces_and_files(self, errors: list[str]) -> None:
         for ns in reversed(self.namespaces):
             _step(errors, f"delete netns {ns.name}", ns.delete)
         left = pids_alive(self.recorded_pids())
@@ -248,7 +284,3 @@ class Lab:
             errors.append(f"mounts left under {self.dir}: {mounts_under(self.dir)}; not removing it")
         else:
             _step(errors, f"rm {self.dir}", lambda: shutil.rmtree(self.dir))
-        atexit.unregister(self.teardown)
-        if errors:
-            log.error("lab %s teardown had %d error(s)", self.label, len(errors))
-        return errors

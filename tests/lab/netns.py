@@ -109,9 +109,7 @@ def link_veth(  # noqa: PLR0917 - mirrors `ip link add A type veth peer name B` 
     if ns_a.name == ns_b.name:
         raise LabError("link_veth needs two different namespaces")
     extra = ["mtu", str(mtu)] if mtu else []
-    ns_a.ip(
-        "link", "add", ifname_a, *extra, "type", "veth", "peer", "name", ifname_b, *extra, "netns", ns_b.name
-    )
+    ns_a.ip("link", "add", ifname_a, *extra, "type", "veth", "peer", "name", ifname_b, *extra, "netns", ns_b.name)
     for ns, ifname, addr in ((ns_a, ifname_a, addr_a), (ns_b, ifname_b, addr_b)):
         if addr:
             ns.addr_add(ifname, addr)

@@ -28,9 +28,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a command, capture text output; on failure raise LabError with stdout/stderr."""
     argv = [os.fspath(c) for c in cmd]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, input=input, env=env, check=False
-    )
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input, env=env, check=False)
     if check and proc.returncode != 0:
         raise LabError(
             f"command failed (rc={proc.returncode}): {' '.join(argv)}\n"
@@ -48,6 +46,15 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot (field 22 of /proc/PID/stat): PID plus this is unique."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def pids_alive(pids: Iterable[int]) -> list[int]:
