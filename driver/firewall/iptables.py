@@ -69,6 +69,8 @@ class Iptables:
         body = [r.split(" ", 2)[2] for r in rules if r.startswith(f"-A {jump.builtin} ")]
         if jump.rule() in body:
             return ""
+        if not jump.first:
+            return f"-A {jump.builtin} {jump.rule()}"
         # After DOCKER-USER (the admin's chain), otherwise first.
         pos = body.index("-j DOCKER-USER") + 2 if "-j DOCKER-USER" in body else 1
         return f"-I {jump.builtin} {pos} {jump.rule()}"

@@ -6,16 +6,22 @@ br_netfilter on, so even traffic between two ports of one bridge crosses FORWARD
 nftables a packet must be accepted by *every* base chain on a hook, so an accept in a
 separate nft table can never override that DROP; only a rule reached from iptables'
 own FORWARD chain can. Everything therefore lives in chains named ``PYOVERLAY-*`` that we
-create, fill and delete; the built-in chains get exactly one jump each, placed after
-dockerd's ``DOCKER-USER`` jump so the admin's rules there still come first.
+create, fill and delete; each built-in chain gets exactly one jump to ours (FORWARD's is
+placed after dockerd's ``DOCKER-USER`` jump so the admin's rules there still come first).
 
-Per bridge network, in order (first match wins):
+filter PYOVERLAY-FORWARD, per bridge network, in order (first match wins):
 
-    -o BR ctstate RELATED,ESTABLISHED  ACCEPT   replies to what containers started
-    -i BR -o BR                        ACCEPT   container to container (DROP if icc=false)
-    -o BR                              DROP     anything else into the network: other
-                                                networks, docker0, the outside
-    -i BR                              ACCEPT   egress (DROP for --internal)
+    -o BR ctstate RELATED,ESTABLISHED        ACCEPT  replies to what containers started
+    -o BR -d CTR --dport P ctstate DNAT      ACCEPT  published ports (also hairpin)
+    -i BR -o BR                              ACCEPT  container to container (DROP: icc=false)
+    -o BR                                    DROP    anything else into the network: other
+                                                     networks, docker0, the outside
+    -i BR                                    ACCEPT  egress (DROP for --internal)
+
+nat PYOVERLAY-DNAT (from PREROUTING and OUTPUT, for local destinations): one DNAT per
+published port. nat PYOVERLAY-POSTROUTING: masquerade egress, the host's own traffic to a
+published port (loopback needs a local source rewritten), and a container reaching its
+own published port (hairpin), whose reply would otherwise never come back through NAT.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FORWARD_CHAIN = "PYOVERLAY-FORWARD"
+DNAT_CHAIN = "PYOVERLAY-DNAT"
+POSTROUTING_CHAIN = "PYOVERLAY-POSTROUTING"
+PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 @dataclass(frozen=True)
@@ -31,12 +40,29 @@ class Jump:
     builtin: str
     chain: str
     match: str = ""
+    first: bool = True  # insert near the top (after DOCKER-USER) rather than append
 
     def rule(self) -> str:
         return " ".join(p for p in (self.match, f"-j {self.chain}") if p)
 
 
-JUMPS = (Jump("filter", "FORWARD", FORWARD_CHAIN),)
+JUMPS = (
+    Jump("filter", "FORWARD", FORWARD_CHAIN),
+    Jump("nat", "PREROUTING", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
+    Jump("nat", "OUTPUT", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
+    Jump("nat", "POSTROUTING", POSTROUTING_CHAIN, first=False),
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published port, resolved: a concrete host port and the container's address."""
+
+    proto: str
+    host_ip: str | None  # None: every local address of the family
+    host_port: int
+    ctr_ip: str
+    ctr_port: int
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,8 @@ class BridgeRules:
     subnets: tuple[str, ...] = ()
     internal: bool = False
     icc: bool = True
+    masquerade: bool = True
+    published: tuple[Published, ...] = ()
 
 
 @dataclass
@@ -62,14 +90,24 @@ class Ruleset:
         return not any(self.chains.values())
 
 
-def render(nets: list[BridgeRules]) -> Ruleset:
+def render(nets: list[BridgeRules], v6: bool = False) -> Ruleset:
     rs = Ruleset()
     for jump in JUMPS:
         rs.chains[(jump.table, jump.chain)] = []
     for net in nets:
         for rule in _forward(net):
             rs.add("filter", FORWARD_CHAIN, rule)
+        if net.internal:
+            continue
+        for pub in net.published:
+            rs.add("nat", DNAT_CHAIN, _dnat(pub, v6))
+        for rule in _postrouting(net):
+            rs.add("nat", POSTROUTING_CHAIN, rule)
     return rs
+
+
+def _match(pub: Published) -> str:
+    return f"-p {pub.proto} -m {pub.proto} --dport {pub.ctr_port}"
 
 
 def _forward(net: BridgeRules) -> list[str]:
@@ -77,9 +115,28 @@ def _forward(net: BridgeRules) -> list[str]:
     icc = "ACCEPT" if net.icc else "DROP"
     if net.internal:
         return [f"-i {b} -o {b} -j {icc}", f"-i {b} -j DROP", f"-o {b} -j DROP"]
+    published = [
+        f"-d {p.ctr_ip} -o {b} {_match(p)} -m conntrack --ctstate DNAT -j ACCEPT" for p in net.published
+    ]
     return [
         f"-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        *published,
         f"-i {b} -o {b} -j {icc}",
         f"-o {b} -j DROP",
         f"-i {b} -j ACCEPT",
     ]
+
+
+def _dnat(pub: Published, v6: bool) -> str:
+    dest = f"[{pub.ctr_ip}]:{pub.ctr_port}" if v6 else f"{pub.ctr_ip}:{pub.ctr_port}"
+    only = f"-d {pub.host_ip} " if pub.host_ip else ""
+    return f"{only}-p {pub.proto} -m {pub.proto} --dport {pub.host_port} -j DNAT --to-destination {dest}"
+
+
+def _postrouting(net: BridgeRules) -> list[str]:
+    b = net.bridge
+    rules = [f"-o {b} -m addrtype --src-type LOCAL -j MASQUERADE"] if net.published else []
+    rules += [f"-s {p.ctr_ip} -d {p.ctr_ip} {_match(p)} -j MASQUERADE" for p in net.published]
+    if net.masquerade:
+        rules += [f"-s {subnet} ! -o {b} -j MASQUERADE" for subnet in net.subnets]
+    return rules

@@ -163,7 +163,9 @@ class Netlink:
         self.set_link(name, master=self.index(master), state="up")
 
     def set_hairpin(self, name: str, on: bool) -> None:
-        self._call(f"set hairpin on {name}", self.ipr.brport, "set", index=self.index(name), hairpin=int(on))
+        # IFLA_BRPORT_MODE 1 is hairpin: a port may send a frame back out where it came
+        # from, which a container reaching its own published port needs.
+        self._call(f"set hairpin on {name}", self.ipr.brport, "set", index=self.index(name), mode=int(on))
 
     def delete(self, name: str) -> bool:
         """Delete a link; False if it was already gone."""

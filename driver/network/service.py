@@ -204,13 +204,15 @@ class NetworkService:
     def sync_firewall(self) -> None:
         nets = [n for n in self.repo.networks() if n.config.mode == "bridge"]
         for fw, v6 in ((self.firewall.v4, False), (self.firewall.v6, True)):
-            fw.apply(render([_bridge_rules(n, v6) for n in nets if not v6 or n.config.enable_ipv6]))
+            fw.apply(render([_bridge_rules(n, v6) for n in nets if not v6 or n.config.enable_ipv6], v6))
 
 
 def _bridge_rules(net: NetworkRecord, v6: bool) -> BridgeRules:
     cfg: NetworkConfig = net.config
     subnets = tuple(s.pool for s in (net.ipv6 if v6 else net.ipv4))
-    return BridgeRules(bridge=bridge_name(net), subnets=subnets, internal=cfg.internal, icc=cfg.icc)
+    return BridgeRules(
+        bridge=bridge_name(net), subnets=subnets, internal=cfg.internal, icc=cfg.icc, masquerade=cfg.masquerade
+    )
 
 
 def _flag(opts: Mapping[str, Any], key: str) -> bool:

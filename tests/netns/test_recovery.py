@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from collections.abc import Callable
 
 import pytest
 
 from tests.netns.test_bridge import BRIDGE, NET, NID, endpoint
-from tests.plugin import Plugin, plugin_fixture
+from tests.plugin import Plugin
+
+MakePlugin = Callable[[dict[str, str]], Plugin]
 
 EP = "5" * 64
 
@@ -48,15 +51,15 @@ def test_start_recreates_missing_bridge_and_collects_orphans(plugin: Plugin) -> 
 
 
 @pytest.mark.parametrize("step", ["crash:create bridge", "crash:program firewall", "crash:add gateway"])
-def test_kill9_mid_create_is_rolled_back_at_start(tmp_path: Path, step: str) -> None:
-    gen = plugin_fixture(tmp_path / "p", env={"PYOVERLAY_FAIL_STEP": step})
-    plugin = next(gen)
+def test_kill9_mid_create_is_rolled_back_at_start(make_plugin: MakePlugin, step: str) -> None:
+    plugin = make_plugin({"PYOVERLAY_FAIL_STEP": step})
     try:
-        status = plugin.raw("NetworkDriver.CreateNetwork", (__import__("json").dumps(NET) + "\n").encode())
+        status = plugin.raw("NetworkDriver.CreateNetwork", (json.dumps(NET) + "\n").encode())
     except Exception:  # the process died mid-request: dockerd would see a transport error
         status = None
     assert status is None or status.status_code != 200
     plugin.close()
+    plugin.driver.kill9()  # reap it: the socket closes a moment before the process is gone
     plugin.driver.extra_env.pop("PYOVERLAY_FAIL_STEP")
     plugin.driver.start()
     plugin.wait_ready()
@@ -65,28 +68,23 @@ def test_kill9_mid_create_is_rolled_back_at_start(tmp_path: Path, step: str) -> 
     assert "-A PYOVERLAY-FORWARD -i" not in plugin.iptables()
     plugin.ok("NetworkDriver.CreateNetwork", NET)  # and the same create now goes through
     plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
-    next(gen, None)
 
 
 @pytest.mark.parametrize(("step", "verb", "body"), [
     ("program firewall", "NetworkDriver.CreateNetwork", NET),
     ("add gateway", "NetworkDriver.CreateNetwork", NET),
 ])
-def test_failure_half_way_rolls_back(tmp_path: Path, step: str, verb: str, body: dict[str, object]) -> None:
-    gen = plugin_fixture(tmp_path / "p", env={"PYOVERLAY_FAIL_STEP": step})
-    plugin = next(gen)
+def test_failure_half_way_rolls_back(make_plugin: MakePlugin, step: str, verb: str, body: dict[str, object]) -> None:
+    plugin = make_plugin({"PYOVERLAY_FAIL_STEP": step})
     before = plugin.snapshot()
     assert "injected failure" in plugin.err(verb, body, 500)
     assert plugin.snapshot() == before
-    next(gen, None)
 
 
-def test_failed_endpoint_leaves_no_veth(tmp_path: Path) -> None:
-    gen = plugin_fixture(tmp_path / "p", env={"PYOVERLAY_FAIL_STEP": "attach"})
-    plugin = next(gen)
+def test_failed_endpoint_leaves_no_veth(make_plugin: MakePlugin) -> None:
+    plugin = make_plugin({"PYOVERLAY_FAIL_STEP": "attach"})
     plugin.ok("NetworkDriver.CreateNetwork", NET)
     before = plugin.snapshot()
     assert "injected failure" in plugin.err("NetworkDriver.CreateEndpoint", endpoint(EP, "10.70.0.5/24"), 500)
     assert plugin.snapshot() == before
     plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
-    next(gen, None)
