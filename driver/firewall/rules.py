@@ -22,6 +22,8 @@ nat PYOVERLAY-DNAT (from PREROUTING and OUTPUT, for local destinations): one DNA
 published port. nat PYOVERLAY-POSTROUTING: masquerade egress, the host's own traffic to a
 published port (loopback needs a local source rewritten), and a container reaching its
 own published port (hairpin), whose reply would otherwise never come back through NAT.
+raw PYOVERLAY-PREROUTING drops 127.0.0.0/8 arriving from a bridge (route_localnet, which
+loopback publishing needs, would otherwise expose the host's localhost to containers).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 FORWARD_CHAIN = "PYOVERLAY-FORWARD"
 DNAT_CHAIN = "PYOVERLAY-DNAT"
 POSTROUTING_CHAIN = "PYOVERLAY-POSTROUTING"
+RAW_CHAIN = "PYOVERLAY-PREROUTING"
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
@@ -51,6 +54,7 @@ JUMPS = (
     Jump("nat", "PREROUTING", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
     Jump("nat", "OUTPUT", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
     Jump("nat", "POSTROUTING", POSTROUTING_CHAIN, first=False),
+    Jump("raw", "PREROUTING", RAW_CHAIN),
 )
 
 
@@ -99,6 +103,10 @@ def render(nets: list[BridgeRules], v6: bool = False) -> Ruleset:
             rs.add("filter", FORWARD_CHAIN, rule)
         if net.internal:
             continue
+        if not v6:
+            # Loopback publishing needs route_localnet on the bridge; without this a
+            # container could then reach the host's 127.0.0.1 services through it.
+            rs.add("raw", RAW_CHAIN, f"-i {net.bridge} -d 127.0.0.0/8 -j DROP")
         for pub in net.published:
             rs.add("nat", DNAT_CHAIN, _dnat(pub, v6))
         for rule in _postrouting(net):

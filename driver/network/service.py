@@ -14,13 +14,14 @@ from typing import Any
 
 from driver.api import models
 from driver.errors import Conflict, InvalidRequest
-from driver.firewall.rules import BridgeRules, render
+from driver.firewall.rules import PROTOCOLS, BridgeRules, Published, render
+from driver.network import ports
 from driver.network.mac import check_mac, mac_for
 from driver.network.modes import JoinInfo, Mode
 from driver.network.modes.bridge import bridge_name, veth_names
 from driver.network.options import NetworkConfig, parse_options
 from driver.network.steps import Steps
-from driver.state import EndpointRecord, NetworkRecord, Repo, SubnetRecord
+from driver.state import EndpointRecord, NetworkRecord, PortBinding, Repo, SubnetRecord
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class NetworkService:
         address = _cidr("Interface.Address", iface.Address, net.ipv4)
         address_v6 = _cidr("Interface.AddressIPv6", iface.AddressIPv6, net.ipv6)
         mac = check_mac("Interface.MacAddress", iface.MacAddress) if iface.MacAddress else mac_for(address)
+        ports.parse_portmap(req.Options.get(ports.PORTMAP))  # refuse a bad -p before creating anything
+        ports.check_exposed(req.Options.get(ports.EXPOSED))
         host_if, ctr_if = veth_names(req.EndpointID)
         ep = EndpointRecord(
             id=req.EndpointID, network_id=net.id, address=address, address_v6=address_v6,
@@ -156,10 +159,34 @@ class NetworkService:
         log.debug("endpoint %s left network %s", eid[:12], nid[:12])
 
     def program(self, req: models.ProgramRequest) -> None:
-        self._endpoint(req.EndpointID)
+        ep = self._endpoint(req.EndpointID)
+        net = self._network(ep.network_id)
+        wanted = [_with_default_host_ip(b, net.config) for b in ports.parse_portmap(req.Options.get(ports.PORTMAP))]
+        if net.config.mode != "bridge" or net.config.internal:
+            if wanted:
+                log.warning("endpoint %s: ports are not published on %s networks", ep.id[:12], self.kind(net))
+            return
+        if ep.programmed and ports.same_request(wanted, ep.ports):
+            return
+        taken = [p for other in self.repo.endpoints() if other.id != ep.id for p in other.ports]
+        self._set_ports(ep, ports.resolve(wanted, taken, ports.ephemeral_range()), programmed=True)
 
     def revoke(self, nid: str, eid: str) -> None:
-        log.debug("endpoint %s: external connectivity revoked", eid[:12])
+        ep = self.repo.endpoint(eid)
+        if ep is not None and (ep.ports or ep.programmed):
+            self._set_ports(ep, [], programmed=False)
+
+    def _set_ports(self, ep: EndpointRecord, bindings: list[PortBinding], programmed: bool) -> None:
+        old = (ep.ports, ep.programmed)
+        ep.ports, ep.programmed = bindings, programmed
+        self.repo.put_endpoint(ep)
+        try:
+            self.sync_firewall()
+        except BaseException:
+            ep.ports, ep.programmed = old
+            self.repo.put_endpoint(ep)
+            self._sync_firewall_quietly()
+            raise
 
     def delete_endpoint(self, nid: str, eid: str) -> None:
         ep = self.repo.endpoint(eid)
@@ -169,6 +196,8 @@ class NetworkService:
         if net is not None:
             self.mode(net).delete_endpoint(net, ep)
         self.repo.delete_endpoint(eid)
+        if ep.ports:  # Revoke does not always come first (e.g. after a plugin re-enable)
+            self.sync_firewall()
 
     def oper_info(self, nid: str, eid: str) -> dict[str, Any]:
         ep = self.repo.endpoint(eid)
@@ -179,6 +208,10 @@ class NetworkService:
     # -- helpers --------------------------------------------------------------
     def mode(self, net: NetworkRecord) -> Mode:
         return self.modes[net.config.mode]
+
+    @staticmethod
+    def kind(net: NetworkRecord) -> str:
+        return "internal" if net.config.internal else net.config.mode
 
     def device(self, net: NetworkRecord) -> str:
         return bridge_name(net) if net.config.mode == "bridge" else net.config.parent or ""
@@ -203,16 +236,41 @@ class NetworkService:
 
     def sync_firewall(self) -> None:
         nets = [n for n in self.repo.networks() if n.config.mode == "bridge"]
+        endpoints = self.repo.endpoints()
         for fw, v6 in ((self.firewall.v4, False), (self.firewall.v6, True)):
-            fw.apply(render([_bridge_rules(n, v6) for n in nets if not v6 or n.config.enable_ipv6], v6))
+            wanted = [n for n in nets if not v6 or n.config.enable_ipv6]
+            fw.apply(render([_bridge_rules(n, [e for e in endpoints if e.network_id == n.id], v6) for n in wanted], v6))
 
 
-def _bridge_rules(net: NetworkRecord, v6: bool) -> BridgeRules:
+def _bridge_rules(net: NetworkRecord, endpoints: list[EndpointRecord], v6: bool) -> BridgeRules:
     cfg: NetworkConfig = net.config
     subnets = tuple(s.pool for s in (net.ipv6 if v6 else net.ipv4))
     return BridgeRules(
-        bridge=bridge_name(net), subnets=subnets, internal=cfg.internal, icc=cfg.icc, masquerade=cfg.masquerade
+        bridge=bridge_name(net), subnets=subnets, internal=cfg.internal, icc=cfg.icc, masquerade=cfg.masquerade,
+        published=tuple(_published(endpoints, v6)),
     )
+
+
+def _published(endpoints: list[EndpointRecord], v6: bool) -> list[Published]:
+    out = []
+    for ep in endpoints:
+        ctr = ep.address_v6 if v6 else ep.address
+        if ctr is None:
+            continue
+        ctr_ip = str(ipaddress.ip_interface(ctr).ip)
+        for b in ep.ports:
+            if (6 if v6 else 4) in ports.families(b.host_ip):
+                host = None if b.host_ip in ports.WILDCARDS else b.host_ip
+                out.append(Published(PROTOCOLS[b.proto], host, b.host_port, ctr_ip, b.port))
+    return out
+
+
+def _with_default_host_ip(b: PortBinding, cfg: NetworkConfig) -> PortBinding:
+    # com.docker.network.bridge.host_binding_ipv4, as Docker's bridge: the address used
+    # when -p names none (and then IPv4 only).
+    if b.host_ip or cfg.host_binding_ipv4 == "0.0.0.0":
+        return b
+    return b.model_copy(update={"host_ip": cfg.host_binding_ipv4})
 
 
 def _flag(opts: Mapping[str, Any], key: str) -> bool:

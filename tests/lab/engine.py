@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -18,7 +19,8 @@ from .proc import LabError, log, run, signal_pids, tail, terminate_pids, wait_pi
 
 ENGINE_KINDS = ("20.10", "28.5")
 # The 28.x CLI negotiates down to API 1.41 but refuses `run --mac-address` there (LAB §1): use 20.10's.
-DOCKER_CLIS = {"28": "/usr/local/bin/docker", "20.10": "/usr/bin/docker"}
+# Without a 28.x CLI (only docker.io installed) "28" falls back to the 20.10 one, which speaks to both.
+DOCKER_CLIS = {"28": os.environ.get("PYOVERLAY_E2E_DOCKER_CLI", "/usr/local/bin/docker"), "20.10": "/usr/bin/docker"}
 DOCKERD_2010 = "/usr/sbin/dockerd"
 # `docker import` gives an image without ENV; real images carry PATH, so give bb one too.
 BB_PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -64,6 +66,7 @@ class Engine:
         cgroup_parent: str | None = None,
         live_restore: bool = False,
         extra_args: Sequence[str] = (),
+        daemon_config: dict[str, Any] | None = None,
         start_timeout: float = 60.0,
     ) -> None:
         if kind not in ENGINE_KINDS:
@@ -80,6 +83,7 @@ class Engine:
         self.cgroup_parent = cgroup_parent
         self.live_restore = live_restore
         self.extra_args = list(extra_args)
+        self.daemon_config = dict(daemon_config or {})
         self.start_timeout = start_timeout
         self.plugins_dir = workdir / "plugins"
         self.data_dir = workdir / "data"
@@ -91,7 +95,8 @@ class Engine:
         self._image_imported = False
         self._clients: list[Any] = []
         self.started_pids: list[int] = []  # dockerd and its containerd, for leftover checks
-        for d in (self.plugins_dir, self.data_dir, workdir / "etc-docker", workdir / "tmp"):
+        self.config_path = workdir / "daemon.json"
+        for d in (self.plugins_dir, self.data_dir, workdir / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -133,8 +138,6 @@ class Engine:
                 "rmdir /run/.po-cgroup",
                 "mkdir -p /run/docker/plugins",
                 f"mount --bind {q(str(self.plugins_dir))} /run/docker/plugins",
-                # dockerd 20.10 writes /etc/docker/key.json: keep it out of the host's /etc.
-                f"if [ -d /etc/docker ]; then mount --bind {q(str(self.dir / 'etc-docker'))} /etc/docker; fi",
             ]
         else:
             r = q(str(self.rootfs))
@@ -182,28 +185,15 @@ class Engine:
 
     # --------------------------------------------------------------- control
     def dockerd_argv(self) -> list[str]:
-        if self.kind == "20.10":
-            d = str(self.dir)
-            argv = [
-                DOCKERD_2010,
-                "--data-root",
-                f"{d}/data",
-                "-H",
-                self.host_url,
-                "--pidfile",
-                f"{d}/docker.pid",
-            ]
-        else:
-            w = SID_WORKDIR
-            argv = [
-                "/usr/sbin/dockerd",
-                "--data-root",
-                f"{w}/data",
-                "-H",
-                f"unix://{w}/docker.sock",
-                "--pidfile",
-                f"{w}/docker.pid",
-            ]
+        # Paths as dockerd sees them: the host's for 20.10, under SID_WORKDIR inside the sid rootfs.
+        w = str(self.dir) if self.kind == "20.10" else SID_WORKDIR
+        argv = [
+            DOCKERD_2010 if self.kind == "20.10" else "/usr/sbin/dockerd",
+            *("--config-file", f"{w}/daemon.json"),
+            *("--data-root", f"{w}/data"),
+            *("-H", f"unix://{w}/docker.sock"),
+            *("--pidfile", f"{w}/docker.pid"),
+        ]
         if self.cgroup_parent:
             # Containers land in a cgroup of their own: strays can be found and killed without names.
             argv += ["--cgroup-parent", self.cgroup_parent]
@@ -211,12 +201,21 @@ class Engine:
             argv.append("--live-restore")
         return argv + self.extra_args
 
+    def write_config(self) -> None:
+        """daemon.json of our own: the host's /etc/docker/daemon.json must not leak in."""
+        config: dict[str, Any] = {}
+        if self.kind == "20.10":
+            # 20.10 writes a trust key, by default to the host's /etc/docker/key.json.
+            config["deprecated-key-path"] = str(self.dir / "key.json")
+        self.config_path.write_text(json.dumps(config | self.daemon_config, indent=1) + "\n")
+
     def start(self, timeout: float | None = None) -> Engine:
         """Start dockerd, wait for the API (bounded), import `bb:latest` on first start."""
         if self.running:
             return self
         self._ensure_mntns()
         self.api_socket.unlink(missing_ok=True)
+        self.write_config()
         argv = ["nsenter", f"--net={self.netns.path}", f"--mount={self.mntns_file}", *self.dockerd_argv()]
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== {time.strftime('%H:%M:%S')} start: {shlex.join(argv)}\n".encode())
@@ -324,6 +323,8 @@ class Engine:
             exe = DOCKER_CLIS[client]
         except KeyError:
             raise ValueError(f"client must be one of {sorted(DOCKER_CLIS)}") from None
+        if not os.path.exists(exe):
+            exe = DOCKER_CLIS["20.10"]
         return run([exe, "-H", self.host_url, *args], check=check, timeout=timeout, input=input, env=self.cli_env())
 
     def container_pid(self, container: str) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .netns import NETNS_DIR, Netns
-from .proc import pids_alive, run
+from .proc import pids_alive
 
 __all__ = ["Link", "iptables_save", "links", "mounts_under", "netns_list", "pids_alive"]
 
@@ -66,8 +66,3 @@ def mounts_under(path: str | os.PathLike[str]) -> list[str]:
             if mp == root or mp.startswith(root.rstrip("/") + "/"):
                 found.append(mp)
     return found
-
-
-def ip_netns_list() -> str:
-    """Raw `ip netns list` output (for messages)."""
-    return run(["ip", "netns", "list"]).stdout

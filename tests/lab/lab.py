@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import secrets
@@ -105,7 +106,7 @@ class LabSession:
         if left:
             # Deepest first; lazy so a busy mount still detaches. rmtree must never cross a mount.
             for mp in sorted(left, key=len, reverse=True):
-                _step(errors, f"umount {mp}", lambda mp=mp: run(["umount", "-l", mp]))
+                _step(errors, f"umount {mp}", functools.partial(run, ["umount", "-l", mp]))
         if mounts_under(self.base):
             errors.append(f"mounts left under {self.base}; not removing it")
         else:
@@ -160,6 +161,7 @@ class Lab:
         *,
         live_restore: bool = False,
         extra_args: Sequence[str] = (),
+        daemon_config: dict[str, Any] | None = None,
         import_busybox: bool = True,
         start: bool = False,
     ) -> Engine:
@@ -177,6 +179,7 @@ class Lab:
             cgroup_parent=f"/po-e2e-{self.session.token}-{self.label}-{name}",
             live_restore=live_restore,
             extra_args=extra_args,
+            daemon_config=daemon_config,
         )
         self.engines.append(eng)
         if start:

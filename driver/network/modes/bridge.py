@@ -8,8 +8,9 @@ assigns the addresses itself, and hands it back under the same name on Leave.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from driver.errors import Conflict
+from driver.errors import Conflict, DriverError
 from driver.netlink.adapter import Netlink, write_sysctl
 from driver.network.mac import random_mac
 from driver.network.steps import Steps
@@ -30,6 +31,25 @@ def veth_names(endpoint_id: str) -> tuple[str, str]:
 
 def gateways(net: NetworkRecord) -> list[str]:
     return [s.gateway for s in (*net.ipv4, *net.ipv6) if s.gateway]
+
+
+def _best_effort(path: str, value: str) -> None:
+    try:
+        write_sysctl(path, value)
+    except DriverError as err:  # e.g. /proc/sys read-only in a managed plugin
+        log.warning("%s (publishing on 127.0.0.1 will not work)", err)
+
+
+def _forwarding(v6: bool) -> None:
+    """What Docker's bridge driver also does: routing between bridge and uplink."""
+    write_sysctl("net/ipv4/ip_forward", "1")
+    if v6 and Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() != "1":
+        # With forwarding on, an interface ignores router advertisements unless
+        # accept_ra is 2: keep the host's own RA-learned routes working.
+        for conf in Path("/proc/sys/net/ipv6/conf").iterdir():
+            if conf.name not in ("all", "default") and (conf / "accept_ra").read_text().strip() == "1":
+                write_sysctl(f"net/ipv6/conf/{conf.name}/accept_ra", "2")
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
 
 class BridgeMode:
@@ -63,6 +83,11 @@ class BridgeMode:
     def _configure(self, net: NetworkRecord, name: str, steps: Steps) -> None:
         if net.config.enable_ipv6:
             steps.run(f"enable IPv6 on {name}", lambda: write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0"))
+        if not net.config.internal:
+            steps.run("enable forwarding", lambda: _forwarding(net.config.enable_ipv6))
+            # Publishing on 127.0.0.1 DNATs loopback traffic onto the bridge, which the
+            # kernel drops as martian unless route_localnet is on (see firewall.rules).
+            steps.run(f"route_localnet on {name}", lambda: _best_effort(f"net/ipv4/conf/{name}/route_localnet", "1"))
         for cidr in gateways(net):
             had = cidr in self.nl.addresses(name)
             steps.run(
@@ -97,6 +122,7 @@ class BridgeMode:
         )
         bridge = bridge_name(net)
         steps.run(f"attach {ep.host_if} to {bridge}", lambda: self.nl.set_master(ep.host_if, bridge))
+        steps.run(f"hairpin on {ep.host_if}", lambda: self.nl.set_hairpin(ep.host_if, True))
 
     def delete_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None:
         # Deleting either end removes the pair; the host end is the one that stays with us.

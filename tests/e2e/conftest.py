@@ -1,0 +1,217 @@
+"""End-to-end fixtures: real dockerd engines (20.10 and 28.5) in throwaway namespaces.
+
+A test module gets one engine per kind (starting engines is the slow part) and
+its tests run once per kind:
+
+    def test_x(host):           # Host(kind, lab, engine, driver)
+        host.engine.cli("network", "create", "-d", "pyoverlay", "n1")
+
+    def test_y(engine, driver, outside, lan): ...
+
+    def test_z(clean_engine): ...   # containers/networks/volumes removed after the test
+
+Module options (all optional), e.g. an engine without the driver:
+
+    pytestmark = pytest.mark.lab(driver=False, kinds=("28.5",), live_restore=True,
+                                 engine_args=["--debug"], daemon_config={"ipv6": True},
+                                 driver_args=["--foo"])
+
+`PYOVERLAY_E2E_ENGINES=20.10` (comma list) limits the kinds for a whole run;
+`PYOVERLAY_E2E_DRIVER="pyoverlay"` replaces the driver command;
+`PYOVERLAY_E2E_KEEP_LOGS=/some/dir` keeps the dockerd and driver logs after teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    # `tests.lab` and `driver` must import whatever rootdir or import mode pytest was given.
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.lab import (  # noqa: E402 - needs the sys.path entry above
+    ENGINE_KINDS,
+    DriverProcess,
+    Engine,
+    Lab,
+    LabError,
+    LabSession,
+    Lan,
+    Outside,
+    driver_available,
+)
+from tests.lab.proc import tail  # noqa: E402
+
+E2E_DIR = Path(__file__).resolve().parent
+_kinds_env = os.environ.get("PYOVERLAY_E2E_ENGINES", "")
+SELECTED_KINDS = [k for k in _kinds_env.split(",") if k] or list(ENGINE_KINDS)
+ENGINE_PARAMS = [pytest.param(k, id=f"dockerd-{k}") for k in ENGINE_KINDS if k in SELECTED_KINDS]
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "e2e tests need root (network and mount namespaces, dockerd)"
+    for tool in ("/usr/sbin/dockerd", "nsenter", "unshare", "ip", "iptables"):
+        if not shutil.which(tool):
+            return f"e2e tests need {tool}"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lab(driver=True, kinds=None, live_restore=False, engine_args=(), daemon_config=None, driver_args=()): "
+        "options for the module's e2e engine (tests/e2e/conftest.py)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    for item in items:
+        if not item.path.is_relative_to(E2E_DIR):
+            continue
+        item.add_marker(pytest.mark.e2e)
+        item.add_marker(pytest.mark.root)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On failure, attach the tails of the module's dockerd and driver logs to the report."""
+    report = yield
+    host = getattr(item, "funcargs", {}).get("host")
+    if report.failed and isinstance(host, Host):
+        report.sections.append((f"dockerd {host.kind} log tail", tail(host.engine.log_path, 60)))
+        if host.driver is not None:
+            report.sections.append(("driver log tail", tail(host.driver.log_path, 60)))
+    return report
+
+
+@dataclass
+class Host:
+    """One engine "host" of a test module: its kind, Lab, Engine and (unless disabled) driver."""
+
+    kind: str
+    lab: Lab
+    engine: Engine
+    driver: DriverProcess | None
+
+
+def _lab_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "driver": True,
+        "kinds": None,
+        "live_restore": False,
+        "engine_args": (),
+        "daemon_config": None,
+        "driver_args": (),
+    }
+    marker = request.node.get_closest_marker("lab")
+    if marker is not None:
+        unknown = set(marker.kwargs) - set(opts)
+        if unknown:
+            raise pytest.UsageError(f"unknown lab() options {sorted(unknown)}")
+        opts.update(marker.kwargs)
+    return opts
+
+
+@pytest.fixture(scope="session")
+def lab_session() -> Iterator[LabSession]:
+    """The session: token, base dir /tmp/po-e2e-<token>/, busybox tarball, sid rootfs."""
+    session = LabSession()
+    yield session
+    errors = session.teardown()
+    left = session.leftovers()
+    if errors or any(left.values()):
+        raise RuntimeError(f"lab session teardown: errors={errors} leftovers={left}")
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(lab_session: LabSession) -> Path:
+    """Busybox rootfs tarball (built once per session); engines import it as bb:latest."""
+    return lab_session.busybox_tar()
+
+
+@pytest.fixture(scope="module", params=ENGINE_PARAMS)
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    kinds = _lab_options(request)["kinds"]
+    if kinds is not None and kind not in kinds:
+        pytest.skip(f"module runs only on {kinds}")
+    return kind
+
+
+@pytest.fixture(scope="module")
+def lab(lab_session: LabSession, engine_kind: str) -> Iterator[Lab]:
+    """A Lab per (module, engine kind); everything in it is torn down when the module is done."""
+    module_lab = lab_session.lab("m")
+    yield module_lab
+    errors = module_lab.teardown()
+    if errors:
+        raise RuntimeError(f"lab {module_lab.label} teardown errors: {errors}")
+
+
+@pytest.fixture(scope="module")
+def host(lab: Lab, engine_kind: str, busybox_tar: Path, request: pytest.FixtureRequest) -> Host:
+    """Started driver (first: a missing legacy plugin costs 15 s per lookup), then the started engine."""
+    opts = _lab_options(request)
+    if opts["driver"] and not driver_available():
+        pytest.skip("driver/cli.py does not exist yet")
+    try:
+        eng = lab.engine(
+            engine_kind,
+            live_restore=opts["live_restore"],
+            extra_args=opts["engine_args"],
+            daemon_config=opts["daemon_config"],
+        )
+    except LabError as e:
+        if engine_kind == "28.5":
+            pytest.skip(f"no dockerd 28.5 rootfs: {e}")
+        raise
+    drv = None
+    if opts["driver"]:
+        drv = lab.driver(eng, extra_args=opts["driver_args"])
+        drv.start()
+    eng.start()
+    return Host(engine_kind, lab, eng, drv)
+
+
+@pytest.fixture(scope="module")
+def engine(host: Host) -> Engine:
+    return host.engine
+
+
+@pytest.fixture
+def clean_engine(engine: Engine) -> Iterator[Engine]:
+    """The module's engine; after the test all containers, networks and volumes are removed."""
+    yield engine
+    engine.remove_objects()
+
+
+@pytest.fixture(scope="module")
+def driver(host: Host) -> DriverProcess:
+    if host.driver is None:
+        pytest.skip("module runs its engine without the driver (lab(driver=False))")
+    return host.driver
+
+
+@pytest.fixture(scope="module")
+def outside(host: Host) -> Outside:
+    """Outside host 192.0.2.2 beyond the engine's uplink out0 192.0.2.1 (engine default route)."""
+    return host.lab.outside(host.engine)
+
+
+@pytest.fixture(scope="module")
+def lan(host: Host) -> Lan:
+    """LAN 198.51.100.0/24 behind engine link lan0 (macvlan parent): router .1, LAN host .10."""
+    return host.lab.lan(host.engine)
