@@ -9,21 +9,36 @@ own FORWARD chain can. Everything therefore lives in chains named ``PYOVERLAY-*`
 create, fill and delete; each built-in chain gets exactly one jump to ours (FORWARD's is
 placed after dockerd's ``DOCKER-USER`` jump so the admin's rules there still come first).
 
-filter PYOVERLAY-FORWARD, per bridge network, in order (first match wins):
+filter PYOVERLAY-FORWARD, in three passes over the bridge networks (first match wins):
 
-    -o BR ctstate RELATED,ESTABLISHED        ACCEPT  replies to what containers started
+ 1. -o BR ctstate RELATED,ESTABLISHED        ACCEPT  replies to what containers started
     -o BR -d CTR --dport P ctstate DNAT      ACCEPT  published ports (also hairpin)
     -i BR -o BR                              ACCEPT  container to container (DROP: icc=false)
-    -o BR                                    DROP    anything else into the network: other
+ 2. -o BR                                    DROP    anything else into a network: other
                                                      networks, docker0, the outside
+ 3. -i BR ctdir REPLY, not DNAT              DROP    answers to connections someone else
+                                                     forced in (see below)
     -i BR                                    ACCEPT  egress (DROP for --internal)
+
+Every network's DROP comes before any network's egress ACCEPT, so traffic from one
+network to another is dropped rather than accepted as the first network's egress. The
+reply-direction DROP stops answers to connections something forced in past our chain.
+
+raw PYOVERLAY-PREROUTING runs before any filter rule, so it holds whatever the order in
+FORWARD: dockerd 20.10 inserts its per-bridge ACCEPTs (``-i br-x ! -o br-x``, ``-o br-x
+ESTABLISHED``) at the top, ahead of our jump, which would let a container on one of
+Docker's bridges talk to ours. Here a packet addressed to one of our subnets that did
+not come in on that network's bridge is dropped (as Docker 28 does for its own). It is
+safe because raw runs before NAT: published-port traffic is still addressed to the host,
+and answers to masqueraded egress are too. Not for networks with masquerading off, whose
+answers do arrive addressed to the container. It also drops 127.0.0.0/8 arriving from a
+bridge (route_localnet, which loopback publishing needs, would otherwise expose the
+host's localhost to containers).
 
 nat PYOVERLAY-DNAT (from PREROUTING and OUTPUT, for local destinations): one DNAT per
 published port. nat PYOVERLAY-POSTROUTING: masquerade egress, the host's own traffic to a
 published port (loopback needs a local source rewritten), and a container reaching its
 own published port (hairpin), whose reply would otherwise never come back through NAT.
-raw PYOVERLAY-PREROUTING drops 127.0.0.0/8 arriving from a bridge (route_localnet, which
-loopback publishing needs, would otherwise expose the host's localhost to containers).
 """
 
 from __future__ import annotations
@@ -98,15 +113,15 @@ def render(nets: list[BridgeRules], v6: bool = False) -> Ruleset:
     rs = Ruleset()
     for jump in JUMPS:
         rs.chains[(jump.table, jump.chain)] = []
+    for forward_pass in range(3):
+        for net in nets:
+            for rule in _forward(net)[forward_pass]:
+                rs.add("filter", FORWARD_CHAIN, rule)
     for net in nets:
-        for rule in _forward(net):
-            rs.add("filter", FORWARD_CHAIN, rule)
+        for rule in _raw(net, v6):
+            rs.add("raw", RAW_CHAIN, rule)
         if net.internal:
             continue
-        if not v6:
-            # Loopback publishing needs route_localnet on the bridge; without this a
-            # container could then reach the host's 127.0.0.1 services through it.
-            rs.add("raw", RAW_CHAIN, f"-i {net.bridge} -d 127.0.0.0/8 -j DROP")
         for pub in net.published:
             rs.add("nat", DNAT_CHAIN, _dnat(pub, v6))
         for rule in _postrouting(net):
@@ -118,21 +133,26 @@ def _match(pub: Published) -> str:
     return f"-p {pub.proto} -m {pub.proto} --dport {pub.ctr_port}"
 
 
-def _forward(net: BridgeRules) -> list[str]:
+def _forward(net: BridgeRules) -> tuple[list[str], list[str], list[str]]:
+    """The network's rules for each of the three passes."""
     b = net.bridge
-    icc = "ACCEPT" if net.icc else "DROP"
+    icc = f"-i {b} -o {b} -j {'ACCEPT' if net.icc else 'DROP'}"
     if net.internal:
-        return [f"-i {b} -o {b} -j {icc}", f"-i {b} -j DROP", f"-o {b} -j DROP"]
+        return [icc], [f"-o {b} -j DROP"], [f"-i {b} -j DROP"]
     published = [
         f"-d {p.ctr_ip} -o {b} {_match(p)} -m conntrack --ctstate DNAT -j ACCEPT" for p in net.published
     ]
-    return [
-        f"-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        *published,
-        f"-i {b} -o {b} -j {icc}",
-        f"-o {b} -j DROP",
-        f"-i {b} -j ACCEPT",
-    ]
+    accept = [f"-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", *published, icc]
+    egress = [f"-i {b} -m conntrack --ctdir REPLY ! --ctstate DNAT -j DROP", f"-i {b} -j ACCEPT"]
+    return accept, [f"-o {b} -j DROP"], egress
+
+
+def _raw(net: BridgeRules, v6: bool) -> list[str]:
+    b = net.bridge
+    rules = [] if v6 or net.internal else [f"-i {b} -d 127.0.0.0/8 -j DROP"]
+    if net.masquerade or net.internal:
+        rules += [f"-d {subnet} ! -i {b} -j DROP" for subnet in net.subnets]
+    return rules
 
 
 def _dnat(pub: Published, v6: bool) -> str:
