@@ -153,3 +153,28 @@ def test_auto_pool_avoids_routes_of_the_namespace(plugin: Plugin) -> None:
     plugin.ns.set_up("up1")
     pool = plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "PyoverlayLocal", "Pool": "", "V6": False})
     assert pool["Pool"] == "10.200.1.0/24"
+
+
+def test_published_rules_exactly_once_across_restarts(plugin: Plugin) -> None:
+    plugin.ok("NetworkDriver.CreateNetwork", NET)
+    eid = "7" * 64
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint(eid, "10.70.0.7/24", "fd70:70::7/64"))
+    portmap = [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+               {"Proto": 17, "IP": "", "Port": 53, "HostIP": "127.0.0.1", "HostPort": 5353, "HostPortEnd": 5353}]
+    program = {"NetworkID": NID, "EndpointID": eid, "Options": {"com.docker.network.portmap": portmap}}
+    dnat4 = "--dport 8080 -j DNAT --to-destination 10.70.0.7:80"
+    dnat6 = "--dport 8080 -j DNAT --to-destination [fd70:70::7]:80"
+    for _ in range(2):  # a repeated Program changes nothing
+        plugin.ok("NetworkDriver.ProgramExternalConnectivity", program)
+    plugin.restart(kill=True)
+    v4, v6 = plugin.iptables(), plugin.iptables(v6=True)
+    assert v4.count(dnat4) == 1 and v6.count(dnat6) == 1
+    assert v4.count("-d 127.0.0.1/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 10.70.0.7:53") == 1
+    assert "5353" not in v6, "a 127.0.0.1 binding is IPv4 only"
+    assert v4.count("-A PREROUTING -m addrtype --dst-type LOCAL -j PYOVERLAY-DNAT") == 1
+    plugin.ok("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": NID, "EndpointID": eid})
+    assert dnat4 not in plugin.iptables() and dnat6 not in plugin.iptables(v6=True)
+    plugin.ok("NetworkDriver.ProgramExternalConnectivity", program)
+    # DeleteEndpoint without Revoke (as after a plugin re-enable) still removes them
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
+    assert dnat4 not in plugin.iptables()

@@ -145,3 +145,47 @@ def test_ipam_errors_are_non_200_err(shared_plugin: Plugin) -> None:
         assert "PoolID: unknown pool" in shared_plugin.err("IpamDriver.RequestAddress", unknown, 400)
     finally:
         shared_plugin.ok("IpamDriver.ReleasePool", {"PoolID": "PyoverlayLocal/10.62.0.0/30"})
+
+
+BAD_PORTMAPS = [
+    ([{"Proto": 3, "Port": 80, "HostPort": 8080}], "portmap[0].Proto: unknown protocol number 3"),
+    ([{"Proto": 6, "Port": 0, "HostPort": 8080}], "portmap[0].Port: 0 is not a number in 1-65535"),
+    ([{"Proto": 6, "Port": 80, "HostPort": 70000}], "portmap[0].HostPort: 70000 is not a number in 0-65535"),
+    ([{"Proto": 6, "Port": 80, "HostPort": 9005, "HostPortEnd": 9000}], "HostPortEnd: 9000 is below HostPort 9005"),
+    ([{"Proto": 6, "Port": "80"}], "portmap[0].Port: '80' is not a number"),
+    ([{"Proto": 17, "Port": 53, "HostIP": "localhost"}], "portmap[0].HostIP: 'localhost' is not an IP address"),
+    ({"Proto": 6}, "must be a list of objects"),
+]
+
+
+@pytest.mark.parametrize(("portmap", "message"), BAD_PORTMAPS)
+def test_bad_port_maps_are_refused_before_anything_changes(
+    shared_plugin: Plugin, portmap: object, message: str
+) -> None:
+    shared_plugin.ok("NetworkDriver.CreateNetwork", NET)
+    try:
+        before = shared_plugin.snapshot()
+        body = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60.0.5/24"},
+                "Options": {"com.docker.network.portmap": portmap}}
+        assert message in shared_plugin.err("NetworkDriver.CreateEndpoint", body, 400)
+        assert shared_plugin.snapshot() == before
+        ok = {**body, "Options": {}}
+        shared_plugin.ok("NetworkDriver.CreateEndpoint", ok)
+        before = shared_plugin.snapshot()
+        program = {"NetworkID": NID, "EndpointID": EID, "Options": {"com.docker.network.portmap": portmap}}
+        assert message in shared_plugin.err("NetworkDriver.ProgramExternalConnectivity", program, 400)
+        assert shared_plugin.snapshot() == before
+    finally:
+        shared_plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+
+
+def test_bad_exposed_ports_are_refused(shared_plugin: Plugin) -> None:
+    shared_plugin.ok("NetworkDriver.CreateNetwork", NET)
+    try:
+        body = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60.0.5/24"},
+                "Options": {"com.docker.network.endpoint.exposedports": [{"Proto": 99, "Port": 1}]}}
+        assert "exposedports[0].Proto: unknown protocol number 99" in shared_plugin.err(
+            "NetworkDriver.CreateEndpoint", body, 400
+        )
+    finally:
+        shared_plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
