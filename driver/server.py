@@ -20,6 +20,7 @@ from driver.firewall.iptables import Iptables
 from driver.ipam.service import IpamService
 from driver.netlink.adapter import Netlink
 from driver.network.modes.bridge import BridgeMode
+from driver.network.modes.macvlan import MacvlanMode
 from driver.network.reconcile import reconcile
 from driver.network.service import Firewall, NetworkService
 from driver.network.steps import Steps
@@ -34,7 +35,7 @@ def build(settings: Settings) -> tuple[Services, Netlink]:
     repo = Repo(LocalStore(settings.state_dir))
     nl = Netlink()
     firewall = Firewall(Iptables(settings.firewall_timeout), Iptables(settings.firewall_timeout, v6=True))
-    network = NetworkService(repo, {"bridge": BridgeMode(nl)}, firewall)
+    network = NetworkService(repo, {"bridge": BridgeMode(nl), "macvlan": MacvlanMode(nl)}, firewall)
     ipam = IpamService(repo, settings.default_pools_v4, settings.default_pools_v6, nl.route_networks)
     return Services(network=network, ipam=ipam, worker=Worker(settings.request_timeout)), nl
 

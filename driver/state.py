@@ -53,7 +53,7 @@ class EndpointRecord(Record):
     status: Status = "creating"
     address: str | None = None  # CIDR
     address_v6: str | None = None
-    mac: str
+    mac: str | None = None  # None: the kernel's choice (macvlan passthru)
     host_if: str
     ctr_if: str
     ports: list[PortBinding] = Field(default_factory=list)

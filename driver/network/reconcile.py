@@ -21,7 +21,7 @@ from driver.network.service import NetworkService
 log = logging.getLogger(__name__)
 
 # Only names pyoverlay generates are ever collected; an admin's links never match.
-_OWN_NAME = re.compile(r"^(po[hc][0-9a-f]{12}|po-[0-9a-f]{12})$")
+_OWN_NAME = re.compile(r"^(po[hcm][0-9a-f]{12}|po-[0-9a-f]{12})$")
 
 
 def reconcile(service: NetworkService, nl: Netlink) -> None:
@@ -53,7 +53,7 @@ def _collect_orphans(service: NetworkService, nl: Netlink) -> None:
     for net in service.repo.networks():
         known |= service.mode(net).device_names(net)
     for ep in service.repo.endpoints():
-        known |= {ep.host_if, ep.ctr_if}
+        known |= {ep.host_if, ep.ctr_if} - {""}
     for link in nl.links():
         if _OWN_NAME.match(link.name or "") and link.name not in known:
             log.warning("deleting orphaned link %s", link.name)

@@ -18,7 +18,7 @@ from driver.firewall.rules import PROTOCOLS, BridgeRules, Published, render
 from driver.network import ports
 from driver.network.mac import check_mac, mac_for
 from driver.network.modes import JoinInfo, Mode
-from driver.network.modes.bridge import bridge_name, veth_names
+from driver.network.modes.bridge import bridge_name
 from driver.network.options import NetworkConfig, parse_options
 from driver.network.steps import Steps
 from driver.state import EndpointRecord, NetworkRecord, PortBinding, Repo, SubnetRecord
@@ -83,13 +83,26 @@ class NetworkService:
         self.sync_firewall()
 
     def _check_unique_device(self, rec: NetworkRecord) -> None:
-        if rec.config.mode != "bridge":
-            return
-        name = bridge_name(rec)
         for other in self.repo.networks():
-            if other.config.mode == "bridge" and bridge_name(other) == name:
+            if other.config.mode != rec.config.mode:
+                continue
+            if rec.config.mode == "bridge" and bridge_name(other) == bridge_name(rec):
                 raise Conflict(
-                    f"option com.docker.network.bridge.name: bridge {name} is already used by network {other.id[:12]}"
+                    f"option com.docker.network.bridge.name: bridge {bridge_name(rec)} is already used by "
+                    f"network {other.id[:12]}"
+                )
+            if rec.config.mode == "macvlan" and other.config.parent == rec.config.parent:
+                _check_shared_parent(rec, other)
+
+    def _check_endpoint_limits(self, net: NetworkRecord, ep: EndpointRecord) -> None:
+        if net.config.mode != "macvlan" or net.config.macvlan_mode != "passthru":
+            return
+        for other in self.repo.endpoints():
+            peer = self.repo.network(other.network_id)
+            if peer is not None and peer.config.mode == "macvlan" and peer.config.parent == net.config.parent:
+                raise Conflict(
+                    f"macvlan_mode=passthru allows a single endpoint on parent {net.config.parent}, "
+                    f"and endpoint {other.id[:12]} already has it"
                 )
 
     def delete_network(self, nid: str) -> None:
@@ -111,10 +124,13 @@ class NetworkService:
         iface = req.Interface
         address = _cidr("Interface.Address", iface.Address, net.ipv4)
         address_v6 = _cidr("Interface.AddressIPv6", iface.AddressIPv6, net.ipv6)
-        mac = check_mac("Interface.MacAddress", iface.MacAddress) if iface.MacAddress else mac_for(address)
+        requested = check_mac("Interface.MacAddress", iface.MacAddress) if iface.MacAddress else None
+        # In macvlan passthru mode the device keeps the parent's own MAC unless one is asked for.
+        passthru = net.config.mode == "macvlan" and net.config.macvlan_mode == "passthru"
+        mac = requested or (None if passthru else mac_for(address))
         ports.parse_portmap(req.Options.get(ports.PORTMAP))  # refuse a bad -p before creating anything
         ports.check_exposed(req.Options.get(ports.EXPOSED))
-        host_if, ctr_if = veth_names(req.EndpointID)
+        host_if, ctr_if = self.mode(net).endpoint_names(req.EndpointID)
         ep = EndpointRecord(
             id=req.EndpointID, network_id=net.id, address=address, address_v6=address_v6,
             mac=mac, host_if=host_if, ctr_if=ctr_if,
@@ -122,14 +138,15 @@ class NetworkService:
         old = self.repo.endpoint(req.EndpointID)
         if old is not None:
             if (old.network_id, old.address, old.address_v6) != (ep.network_id, ep.address, ep.address_v6) or (
-                iface.MacAddress and check_mac("Interface.MacAddress", iface.MacAddress) != old.mac
+                requested and requested != old.mac
             ):
                 raise Conflict(f"EndpointID: endpoint {old.id[:12]} already exists with different settings")
             ep = old
         else:
+            self._check_endpoint_limits(net, ep)
             self._create_endpoint(net, ep)
         # Only fields dockerd left empty may be filled in, or it rolls the endpoint back.
-        return {"Interface": {} if iface.MacAddress else {"MacAddress": ep.mac}}
+        return {"Interface": {"MacAddress": ep.mac} if ep.mac and not requested else {}}
 
     def _create_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None:
         self.repo.put_endpoint(ep)
@@ -271,6 +288,24 @@ def _with_default_host_ip(b: PortBinding, cfg: NetworkConfig) -> PortBinding:
     if b.host_ip or cfg.host_binding_ipv4 == "0.0.0.0":
         return b
     return b.model_copy(update={"host_ip": cfg.host_binding_ipv4})
+
+
+def _check_shared_parent(rec: NetworkRecord, other: NetworkRecord) -> None:
+    """Several macvlan networks may share a parent (and VLAN), in different subnets."""
+    parent = rec.config.parent
+    if "passthru" in (rec.config.macvlan_mode, other.config.macvlan_mode):
+        raise Conflict(
+            f"option parent: {parent} is already used by network {other.id[:12]}, and passthru mode "
+            "needs a parent to itself"
+        )
+    for mine in (*rec.ipv4, *rec.ipv6):
+        for theirs in (*other.ipv4, *other.ipv6):
+            a, b = ipaddress.ip_network(mine.pool), ipaddress.ip_network(theirs.pool)
+            if a.version == b.version and a.overlaps(b):
+                raise Conflict(
+                    f"option parent: network {other.id[:12]} already uses {parent} with subnet {b}, "
+                    f"which overlaps {a}"
+                )
 
 
 def _flag(opts: Mapping[str, Any], key: str) -> bool:

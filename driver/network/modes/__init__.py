@@ -35,6 +35,9 @@ class Mode(Protocol):
 
     def delete_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None: ...
 
+    def endpoint_names(self, endpoint_id: str) -> tuple[str, str]:
+        """(host-side link or "", the link handed to dockerd as SrcName)."""
+
     def endpoint_alive(self, ep: EndpointRecord) -> bool:
         """Whether the endpoint's interface still exists (in our namespace or a sandbox)."""
 

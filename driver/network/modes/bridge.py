@@ -25,10 +25,6 @@ def bridge_name(net: NetworkRecord) -> str:
     return net.config.bridge_name or f"po-{net.id[:12]}"
 
 
-def veth_names(endpoint_id: str) -> tuple[str, str]:
-    return f"poh{endpoint_id[:12]}", f"poc{endpoint_id[:12]}"
-
-
 def gateways(net: NetworkRecord) -> list[str]:
     return [s.gateway for s in (*net.ipv4, *net.ipv6) if s.gateway]
 
@@ -113,11 +109,16 @@ class BridgeMode:
         for cidr in gateways(net):
             self.nl.remove_address(name, cidr)
 
+    @staticmethod
+    def endpoint_names(endpoint_id: str) -> tuple[str, str]:
+        """Host and container ends of the endpoint's veth pair."""
+        return f"poh{endpoint_id[:12]}", f"poc{endpoint_id[:12]}"
+
     def create_endpoint(self, net: NetworkRecord, ep: EndpointRecord, steps: Steps) -> None:
         mtu = self.mtu(net)
         steps.run(
             f"create veth {ep.host_if}/{ep.ctr_if}",
-            lambda: self.nl.add_veth(ep.host_if, ep.ctr_if, mtu, ep.mac),
+            lambda: self.nl.add_veth(ep.host_if, ep.ctr_if, mtu, ep.mac or random_mac()),
             lambda: self.nl.delete(ep.host_if),
         )
         bridge = bridge_name(net)
