@@ -88,7 +88,9 @@ class Plugin:
         """Everything a failed call must leave unchanged: links, addresses, rules, records."""
         state = sorted(p.relative_to(self.driver.state_dir).as_posix() + ":" + p.read_text()
                        for p in (self.driver.state_dir / "store").rglob("*.json"))
-        addrs = self.ns.run("ip", "-o", "addr").stdout
+        # addresses only, not their flags: link-local ones leave "tentative" on their own
+        addrs = sorted((i["ifname"], a["local"], a["prefixlen"]) for i in self.ns.ip_json("addr")
+                       for a in i.get("addr_info", []))
         rules = [line for line in self.iptables().splitlines() if not line.startswith("#")]
         return (sorted(self.link_names()), addrs, rules, state)
 
