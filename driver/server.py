@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from driver.api.routes import Services
 from driver.app import create_app
 from driver.config import Settings
+from driver.firewall import Firewall
 from driver.firewall.iptables import Iptables
 from driver.ipam.service import IpamService
 from driver.netlink.adapter import Netlink
 from driver.network.modes.bridge import BridgeMode
 from driver.network.modes.macvlan import MacvlanMode
 from driver.network.reconcile import reconcile
-from driver.network.service import Firewall, NetworkService
+from driver.network.service import NetworkService
 from driver.network.steps import Steps
 from driver.state import Repo
 from driver.store.local import LocalStore

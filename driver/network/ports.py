@@ -147,6 +147,14 @@ def resolve(wanted: list[PortBinding], taken: Iterable[PortBinding], ephemeral: 
     return out
 
 
+def default_host_ip(b: PortBinding, host_binding_ipv4: str) -> PortBinding:
+    """``com.docker.network.bridge.host_binding_ipv4``, as Docker's bridge uses it: the
+    address for a ``-p`` that names none (which is then IPv4 only)."""
+    if b.host_ip or host_binding_ipv4 == "0.0.0.0":
+        return b
+    return b.model_copy(update={"host_ip": host_binding_ipv4})
+
+
 def ephemeral_range() -> tuple[int, int]:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:

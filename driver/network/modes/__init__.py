@@ -21,6 +21,9 @@ class JoinInfo:
 class Mode(Protocol):
     """Kernel plumbing of one network mode. Every method is idempotent."""
 
+    def check_coexistence(self, net: NetworkRecord, other: NetworkRecord) -> None:
+        """Raise ``Conflict`` if ``net`` cannot exist beside ``other`` (same mode)."""
+
     def prepare_network(self, net: NetworkRecord) -> None:
         """Validate against the host and decide ``owns_device``; changes nothing."""
 
@@ -34,6 +37,12 @@ class Mode(Protocol):
     def create_endpoint(self, net: NetworkRecord, ep: EndpointRecord, steps: Steps) -> None: ...
 
     def delete_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None: ...
+
+    def check_new_endpoint(self, net: NetworkRecord, existing: list[EndpointRecord]) -> None:
+        """Raise ``Conflict`` if the network cannot take one more endpoint."""
+
+    def assigns_mac(self, net: NetworkRecord) -> bool:
+        """Whether endpoints get a MAC from the driver when dockerd asks for none."""
 
     def endpoint_names(self, endpoint_id: str) -> tuple[str, str]:
         """(host-side link or "", the link handed to dockerd as SrcName)."""

@@ -55,6 +55,13 @@ class BridgeMode:
     def mtu(self, net: NetworkRecord) -> int:
         return net.config.mtu or DEFAULT_MTU
 
+    def check_coexistence(self, net: NetworkRecord, other: NetworkRecord) -> None:
+        if bridge_name(other) == bridge_name(net):
+            raise Conflict(
+                f"option com.docker.network.bridge.name: bridge {bridge_name(net)} is already used by "
+                f"network {other.id[:12]}"
+            )
+
     def prepare_network(self, net: NetworkRecord) -> None:
         name = bridge_name(net)
         existing = self.nl.link(name)
@@ -108,6 +115,12 @@ class BridgeMode:
             return
         for cidr in gateways(net):
             self.nl.remove_address(name, cidr)
+
+    def check_new_endpoint(self, net: NetworkRecord, existing: list[EndpointRecord]) -> None:
+        return
+
+    def assigns_mac(self, net: NetworkRecord) -> bool:
+        return True
 
     @staticmethod
     def endpoint_names(endpoint_id: str) -> tuple[str, str]:

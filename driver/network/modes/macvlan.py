@@ -8,6 +8,7 @@ involved: frames go straight out of the parent.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from driver.errors import Conflict, InvalidRequest, Unsupported
@@ -49,6 +50,37 @@ class MacvlanMode:
         if link.kind in ("macvlan", "veth") and name.startswith("po"):
             raise InvalidRequest(f"{PARENT}: {name} is one of pyoverlay's own container interfaces")
         return link
+
+    def check_coexistence(self, net: NetworkRecord, other: NetworkRecord) -> None:
+        """Several networks may share a parent (and VLAN), in different subnets."""
+        parent = net.config.parent
+        if other.config.parent != parent:
+            return
+        if "passthru" in (net.config.macvlan_mode, other.config.macvlan_mode):
+            raise Conflict(
+                f"{PARENT}: {parent} is already used by network {other.id[:12]}, and passthru mode "
+                "needs a parent to itself"
+            )
+        for mine in (*net.ipv4, *net.ipv6):
+            for theirs in (*other.ipv4, *other.ipv6):
+                a, b = ipaddress.ip_network(mine.pool), ipaddress.ip_network(theirs.pool)
+                if a.version == b.version and a.overlaps(b):
+                    raise Conflict(
+                        f"{PARENT}: network {other.id[:12]} already uses {parent} with subnet {b}, which overlaps {a}"
+                    )
+
+    def check_new_endpoint(self, net: NetworkRecord, existing: list[EndpointRecord]) -> None:
+        # A passthru network owns its parent (check_coexistence), so one endpoint per
+        # network is one per parent.
+        if net.config.macvlan_mode == "passthru" and existing:
+            raise Conflict(
+                f"macvlan_mode=passthru allows a single endpoint on parent {net.config.parent}, "
+                f"and endpoint {existing[0].id[:12]} already has it"
+            )
+
+    def assigns_mac(self, net: NetworkRecord) -> bool:
+        # In passthru mode the device keeps the parent's own MAC unless one is asked for.
+        return net.config.macvlan_mode != "passthru"
 
     def prepare_network(self, net: NetworkRecord) -> None:
         parent = self._parent(net)
