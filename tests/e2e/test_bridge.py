@@ -105,6 +105,13 @@ def test_pyoverlay_ipam_picks_pools_and_serves_builtin_bridge(clean_engine: Engi
     overlap = e.cli("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay",
                     "--subnet", "10.50.4.0/25", "clash", check=False)
     assert overlap.returncode != 0 and "overlaps pool 10.50.4.0/24" in overlap.stderr
+    # --ipv6 without a v6 subnet: dockerd asks for one and ours picks from its ULA range
+    e.cli("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--ipv6",
+          "--subnet", "10.50.9.0/24", "autov6")
+    v6 = [c["Subnet"] for c in inspect(e, "autov6", ".IPAM.Config") if ":" in c["Subnet"]]
+    assert v6 and v6[0].startswith("fd70:7079:6f76:")
+    run(e, "cv6", "--network", "autov6")
+    assert pings(e, "cv6", v6[0].split("/")[0] + "1", six=True)
 
 
 def test_dual_stack(clean_engine: Engine) -> None:
