@@ -47,7 +47,7 @@ class NetworkService:
         self.repo.put_network(rec)
         try:
             with Steps(f"create network {rec.id[:12]}") as steps:
-                self.mode(rec).create_network(rec, steps)
+                mode.create_network(rec, steps)
                 steps.run("program firewall", self.sync_firewall)
         except BaseException:
             self.repo.delete_network(rec.id)
