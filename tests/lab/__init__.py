@@ -9,12 +9,14 @@ from .engine import DOCKER_CLIS, ENGINE_KINDS, Engine
 from .inspection import Link, iptables_save, links, mounts_under, netns_list
 from .lab import Lab, LabSession
 from .netns import Netns, add_bridge, link_veth
+from .plugin_image import PLUGIN_NAME, PluginImage, engine_path, plugin_socket
 from .proc import LabError, pid_alive, pids_alive, pids_in_namespace, run, wait_pids
 from .topology import Lan, Outside, connect_lan, connect_outside
 
 __all__ = [
     "DOCKER_CLIS",
     "ENGINE_KINDS",
+    "PLUGIN_NAME",
     "DriverProcess",
     "Engine",
     "Lab",
@@ -24,11 +26,13 @@ __all__ = [
     "Link",
     "Netns",
     "Outside",
+    "PluginImage",
     "add_bridge",
     "build_busybox_tar",
     "connect_lan",
     "connect_outside",
     "driver_available",
+    "engine_path",
     "ensure_sid_tar",
     "iptables_save",
     "link_veth",
@@ -38,6 +42,7 @@ __all__ = [
     "pid_alive",
     "pids_alive",
     "pids_in_namespace",
+    "plugin_socket",
     "run",
     "wait_pids",
 ]

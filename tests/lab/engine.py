@@ -345,7 +345,10 @@ class Engine:
 
     # -------------------------------------------------------------- teardown
     def remove_objects(self) -> None:
-        """Containers, swarm, plugins, networks, volumes: gone (the engine stays up)."""
+        """Containers, swarm, networks, plugins, volumes: gone (the engine stays up).
+
+        Networks go while their plugin is still there: a prune of a plugin network whose
+        plugin is gone waits ~2 min on dockerd's retries."""
         if not self.running:
             return
         ids = self.cli("ps", "-aq", timeout=60).stdout.split()
@@ -354,9 +357,9 @@ class Engine:
         state = self.cli("info", "--format", "{{.Swarm.LocalNodeState}}", check=False).stdout.strip()
         if state not in ("", "inactive"):
             self.cli("swarm", "leave", "--force", check=False, timeout=60)
+        self.cli("network", "prune", "-f", check=False, timeout=120)
         for plugin in self.cli("plugin", "ls", "-q", check=False).stdout.split():
             self.cli("plugin", "rm", "-f", plugin, check=False, timeout=60)
-        self.cli("network", "prune", "-f", check=False, timeout=120)
         self.cli("volume", "prune", "-f", check=False, timeout=60)
 
     def cgroup_dirs(self) -> list[Path]:
