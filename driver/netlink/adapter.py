@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_SETLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from driver.errors import Conflict, DriverError, Unsupported
 
 IFA_F_NODAD = 0x02
+IFLA_INET_CONF = 1
+IPV4_DEVCONF_ROUTE_LOCALNET = 26  # include/uapi/linux/ip.h
 _MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
 _UNSUPPORTED_KIND = (errno.EOPNOTSUPP, errno.ENOTSUP)
 
@@ -166,6 +173,26 @@ class Netlink:
         # IFLA_BRPORT_MODE 1 is hairpin: a port may send a frame back out where it came
         # from, which a container reaching its own published port needs.
         self._call(f"set hairpin on {name}", self.ipr.brport, "set", index=self.index(name), mode=int(on))
+
+    def set_route_localnet(self, name: str) -> None:
+        """``net.ipv4.conf.<name>.route_localnet=1``, set over netlink rather than /proc/sys,
+        which is read-only inside a managed plugin.
+
+        pyroute2 encodes IFLA_AF_SPEC/AF_INET as the struct the kernel *dumps*, not the
+        nested IFLA_INET_CONF the kernel *takes*, so the attribute is packed here; the
+        odd ifi_family makes pyroute2 pass it through as raw bytes (the kernel serves an
+        unknown family with its generic handler).
+        """
+        conf = struct.pack("=HHI", 8, IPV4_DEVCONF_ROUTE_LOCALNET, 1)
+        inet_conf = struct.pack("=HH", 4 + len(conf), IFLA_INET_CONF) + conf
+        af_inet = struct.pack("=HH", 4 + len(inet_conf), socket.AF_INET) + inet_conf
+        msg = ifinfmsg()
+        msg["family"] = 0xFF
+        msg["index"] = self.index(name)
+        msg["attrs"] = [("IFLA_AF_SPEC", af_inet)]
+        msg["header"]["type"] = RTM_SETLINK
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+        self._call(f"set route_localnet on {name}", self.ipr.nlm_request_batch, [msg])
 
     def delete(self, name: str) -> bool:
         """Delete a link; False if it was already gone."""

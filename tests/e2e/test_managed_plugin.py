@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_nat import Servers, ask
 from tests.lab import PLUGIN_NAME, Engine, LabSession, PluginImage, engine_path, iptables_save, links, plugin_socket
 
 pytestmark = pytest.mark.lab(driver=False)
@@ -217,6 +218,19 @@ def test_containers_ping_by_name(plugin: Installed) -> None:
     assert f"po-{net_id[:12]}" in ours(e), "the bridge is in dockerd's netns (network.type host)"
     assert f"{net_id}.json" in plugin.records("network"), "state written through the bind mount"
     assert len(plugin.records("endpoint")) == 2
+
+
+def test_published_port_on_loopback(plugin: Installed) -> None:
+    """/proc/sys is read-only in a plugin: route_localnet must come over netlink."""
+    e = plugin.engine
+    e.cli("run", "-d", "--name", "mpp", "--network", NET, "-p", "127.0.0.1:8090:80", "bb", "sleep", "3600")
+    servers = Servers()
+    try:
+        servers.start(e.container_netns("mpp"), "tcp", 80, "web")
+        assert (ask(str(e.netns.path), "tcp", "127.0.0.1", 8090) or "").startswith("web saw")
+    finally:
+        servers.stop()
+        e.cli("rm", "-f", "mpp")
 
 
 def test_state_survives_disable_enable(plugin: Installed) -> None:

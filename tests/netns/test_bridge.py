@@ -48,6 +48,8 @@ def test_network_and_endpoint_plumbing(plugin: Plugin) -> None:
     addrs = plugin.ns.ip_json("addr", "show", BRIDGE)[0]["addr_info"]
     assert {(a["local"], a["prefixlen"]) for a in addrs} >= {("10.70.0.1", 24), ("fd70:70::1", 64)}
     assert not any(a.get("tentative") for a in addrs), "the v6 gateway must be usable at once (NODAD)"
+    localnet = plugin.ns.run("cat", f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet").stdout.strip()
+    assert localnet == "1", "loopback publishing needs route_localnet (set over netlink)"
 
     reply = plugin.ok("NetworkDriver.CreateEndpoint", endpoint("1" * 64, "10.70.0.2/24", "fd70:70::2/64"))
     assert reply == {"Interface": {"MacAddress": "02:42:0a:46:00:02"}}

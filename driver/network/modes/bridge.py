@@ -29,23 +29,24 @@ def gateways(net: NetworkRecord) -> list[str]:
     return [s.gateway for s in (*net.ipv4, *net.ipv6) if s.gateway]
 
 
-def _best_effort(path: str, value: str) -> None:
-    try:
-        write_sysctl(path, value)
-    except DriverError as err:  # e.g. /proc/sys read-only in a managed plugin
-        log.warning("%s (publishing on 127.0.0.1 will not work)", err)
-
-
 def _forwarding(v6: bool) -> None:
-    """What Docker's bridge driver also does: routing between bridge and uplink."""
-    write_sysctl("net/ipv4/ip_forward", "1")
-    if v6 and Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() != "1":
-        # With forwarding on, an interface ignores router advertisements unless
-        # accept_ra is 2: keep the host's own RA-learned routes working.
-        for conf in Path("/proc/sys/net/ipv6/conf").iterdir():
-            if conf.name not in ("all", "default") and (conf / "accept_ra").read_text().strip() == "1":
-                write_sysctl(f"net/ipv6/conf/{conf.name}/accept_ra", "2")
-        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+    """What Docker's bridge driver also does: routing between bridge and uplink.
+
+    dockerd already turns IPv4 forwarding on; IPv6 forwarding only with its own --ipv6.
+    Inside a managed plugin /proc/sys is read-only, so a failure is a warning, not an
+    error: containers still talk to each other, only egress needs forwarding.
+    """
+    try:
+        write_sysctl("net/ipv4/ip_forward", "1")
+        if v6 and Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() != "1":
+            # With forwarding on, an interface ignores router advertisements unless
+            # accept_ra is 2: keep the host's own RA-learned routes working.
+            for conf in Path("/proc/sys/net/ipv6/conf").iterdir():
+                if conf.name not in ("all", "default") and (conf / "accept_ra").read_text().strip() == "1":
+                    write_sysctl(f"net/ipv6/conf/{conf.name}/accept_ra", "2")
+            write_sysctl("net/ipv6/conf/all/forwarding", "1")
+    except (DriverError, OSError) as err:
+        log.warning("cannot enable forwarding (%s): containers will have no egress until it is on", err)
 
 
 class BridgeMode:
@@ -90,7 +91,7 @@ class BridgeMode:
             steps.run("enable forwarding", lambda: _forwarding(net.config.enable_ipv6))
             # Publishing on 127.0.0.1 DNATs loopback traffic onto the bridge, which the
             # kernel drops as martian unless route_localnet is on (see firewall.rules).
-            steps.run(f"route_localnet on {name}", lambda: _best_effort(f"net/ipv4/conf/{name}/route_localnet", "1"))
+            steps.run(f"route_localnet on {name}", lambda: self.nl.set_route_localnet(name))
         for cidr in gateways(net):
             had = cidr in self.nl.addresses(name)
             steps.run(
