@@ -180,3 +180,16 @@ def test_published_rules_exactly_once_across_restarts(plugin: Plugin) -> None:
     # DeleteEndpoint without Revoke (as after a plugin re-enable) still removes them
     plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
     assert dnat4 not in plugin.iptables()
+
+
+def test_host_binding_ipv4_is_the_default_host_address(plugin: Plugin) -> None:
+    body = json.loads(json.dumps(NET))
+    body["Options"]["com.docker.network.generic"]["com.docker.network.bridge.host_binding_ipv4"] = "127.0.0.1"
+    plugin.ok("NetworkDriver.CreateNetwork", body)
+    eid = "8" * 64
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint(eid, "10.70.0.8/24", "fd70:70::8/64"))
+    portmap = [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8088, "HostPortEnd": 8088}]
+    plugin.ok("NetworkDriver.ProgramExternalConnectivity",
+              {"NetworkID": NID, "EndpointID": eid, "Options": {"com.docker.network.portmap": portmap}})
+    assert "-A PYOVERLAY-DNAT -d 127.0.0.1/32 -p tcp -m tcp --dport 8088 -j DNAT" in plugin.iptables()
+    assert "8088" not in plugin.iptables(v6=True), "a host_binding_ipv4 binding is IPv4 only"
