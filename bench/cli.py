@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import latency, ports, rss, throughput, verbs
+from bench import latency, macvlan, ports, rss, throughput, verbs
 from bench.config import FULL, QUICK, Config, with_endpoints
 from bench.context import Bench
 from bench.report import Report
@@ -28,6 +28,7 @@ Benchmark = Callable[[Bench, Config, Report], None]
 BENCHMARKS: dict[str, Benchmark] = {
     "run-latency": latency.run,
     "throughput": throughput.run,
+    "macvlan": macvlan.run,
     "rss": rss.run,
     "verbs": verbs.run,
     "ports": ports.run,

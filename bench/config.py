@@ -12,6 +12,7 @@ class Config:
     iperf_seconds: int = 5
     iperf_warmup_seconds: int = 1
     throughput_reps: int = 7
+    macvlan_reps: int = 9  # four paths a round, two ratios: the noisiest figures
     ports_reps: int = 7
     rss_checkpoints: tuple[int, ...] = (1, 10, 50, 100)
     verbs_warmup: int = 10
@@ -24,7 +25,7 @@ class Config:
 
 FULL = Config()
 QUICK = Config(
-    latency_warmup=1, latency_reps=3, iperf_seconds=1, throughput_reps=1, ports_reps=1,
+    latency_warmup=1, latency_reps=3, iperf_seconds=1, throughput_reps=1, macvlan_reps=1, ports_reps=1,
     rss_checkpoints=(1, 10), verbs_warmup=2, verbs_cycles=20, verbs_concurrent_cycles=64, verbs_background=20,
     verbs_background_cycles=10,
 )

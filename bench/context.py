@@ -7,6 +7,8 @@ host's interfaces, routes and firewall are never touched.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ from tests.lab import (
     Engine,
     Lab,
     LabSession,
+    Lan,
     Netns,
     Outside,
     add_bridge,
@@ -37,6 +40,13 @@ log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parents[1]
 DRIVER_ENV = "PYOVERLAY_E2E_DRIVER"  # tests.lab's override of the driver command, honoured as is
 
+# The LAN behind the engine's macvlan parent `lan0` (tests.lab's topology): router .1, LAN host .10,
+# containers from LAN_RANGE, hand-built macvlan namespaces at .20 and .21.
+LAN_SUBNET = ipaddress.ip_network("198.51.100.0/24")
+LAN_RANGE = "198.51.100.128/25"
+LAN_PARENT = "lan0"
+MACVLAN_NET = "bench-mv"
+
 # docker network name -> `docker network create` arguments. One subnet each, all /24 or
 # larger, MTU 1500 everywhere (Docker's and pyoverlay's default), Docker's IPAM unless named.
 NETWORKS: dict[str, list[str]] = {
@@ -44,6 +54,10 @@ NETWORKS: dict[str, list[str]] = {
     "bench-br": ["-d", "bridge", "--subnet", "10.61.0.0/24"],
     "bench-poipam": ["-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "10.62.0.0/24"],
     "bench-rss": ["-d", "pyoverlay", "--subnet", "10.64.0.0/22"],
+    MACVLAN_NET: [  # on the LAN (Bench.lan(), created with it)
+        "-d", "pyoverlay", "-o", "mode=macvlan", "-o", f"parent={LAN_PARENT}", "-o", "macvlan_mode=bridge",
+        "--subnet", str(LAN_SUBNET), "--ip-range", LAN_RANGE, "--gateway", str(LAN_SUBNET[1]),
+    ],
 }
 HANDBUILT_SUBNET = "10.65.0"
 
@@ -53,6 +67,20 @@ class HandBuilt:
     """veth+bridge plumbing in plain namespaces: bridge in `hub`, endpoints `a` (.2) and `b` (.3)."""
 
     hub: Netns
+    a: Netns
+    b: Netns
+    a_ip: str
+    b_ip: str
+
+
+@dataclass(frozen=True)
+class HandBuiltMacvlan:
+    """macvlan plumbing in plain namespaces, the same shape as the engine's: `host` has its own `lan0`
+    (a veth whose peer is a port of the LAN's bridge, no address), and two macvlan devices (mode
+    bridge) on it were moved into `a` and `b` as `eth0`, addressed in the LAN's subnet.
+    """
+
+    host: Netns
     a: Netns
     b: Netns
     a_ip: str
@@ -87,6 +115,13 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def link_mtu(netns_path: str | Path, ifname: str = "eth0") -> int:
+    """An interface's MTU in a namespace given by path, over netlink (/sys would show the host's)."""
+    argv = ["nsenter", f"--net={netns_path}", "ip", "-j", "link", "show", ifname]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+    return int(json.loads(out)[0]["mtu"])
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -106,7 +141,9 @@ class Bench:
         self._networks: set[str] = set()
         self._procs: list[subprocess.Popen[Any]] = []
         self._outside: Outside | None = None
+        self._lan: Lan | None = None
         self._handbuilt: HandBuilt | None = None
+        self._handbuilt_macvlan: HandBuiltMacvlan | None = None
         self.teardown_errors: list[str] = []
         self.revision = ""
 
@@ -179,6 +216,8 @@ class Bench:
     def network(self, name: str) -> str:
         """The docker network `name` from NETWORKS, created on first use."""
         if name not in self._networks:
+            if name == MACVLAN_NET:
+                self.lan()  # its parent
             self.docker("network", "create", *NETWORKS[name], name)
             self._networks.add(name)
         return name
@@ -187,6 +226,11 @@ class Bench:
         """`docker run -d` a `bb sleep` container; returns its name."""
         self.docker("run", "-d", "--name", name, "--network", network, *extra, "bb", "sleep", "86400")
         return name
+
+    def container_pair(self, prefix: str, network: str) -> tuple[str, str, str]:
+        """Containers `PREFIX-s` and `PREFIX-c` on `network`: (server netns, client netns, server IP)."""
+        server, client = self.run_container(f"{prefix}-s", network), self.run_container(f"{prefix}-c", network)
+        return self.container_netns(server), self.container_netns(client), self.container_ip(server, network)
 
     def remove_containers(self, names: Sequence[str]) -> None:
         if names:
@@ -211,6 +255,13 @@ class Bench:
             self._outside = self.lab.outside(self.eng)
         return self._outside
 
+    def lan(self) -> Lan:
+        """The LAN behind the engine's macvlan parent `lan0`: a bridge in its own netns with the router
+        (.1) and a LAN host (.10); lab-only, nothing routes beyond it."""
+        if self._lan is None:
+            self._lan = self.lab.lan(self.eng, subnet=str(LAN_SUBNET), parent_if=LAN_PARENT)
+        return self._lan
+
     def handbuilt(self) -> HandBuilt:
         if self._handbuilt is None:
             hub, a, b = self.lab.netns("hub"), self.lab.netns("hba"), self.lab.netns("hbb")
@@ -220,6 +271,24 @@ class Bench:
             add_bridge(hub, "br0", f"{HANDBUILT_SUBNET}.1/24", ports=("va", "vb"))
             self._handbuilt = HandBuilt(hub, a, b, a_ip, b_ip)
         return self._handbuilt
+
+    def handbuilt_macvlan(self) -> HandBuiltMacvlan:
+        """The engine's macvlan plumbing by hand, on a second port of the same LAN bridge (same MTU)."""
+        if self._handbuilt_macvlan is None:
+            lan = self.lan()
+            host, a, b = self.lab.netns("mvh"), self.lab.netns("mva"), self.lab.netns("mvb")
+            link_veth(host, LAN_PARENT, lan.ns, "p-hand")
+            lan.ns.ip("link", "set", "p-hand", "master", lan.bridge, "up")
+            a_ip, b_ip = str(LAN_SUBNET[20]), str(LAN_SUBNET[21])
+            for ns, dev, ip in ((a, "mva", a_ip), (b, "mvb", b_ip)):
+                host.ip("link", "add", dev, "link", LAN_PARENT, "type", "macvlan", "mode", "bridge")
+                host.ip("link", "set", dev, "netns", ns.name)
+                ns.ip("link", "set", dev, "name", "eth0")
+                ns.addr_add("eth0", f"{ip}/{LAN_SUBNET.prefixlen}")
+                ns.set_up("eth0")
+                ns.ip("route", "add", "default", "via", lan.router_ip)
+            self._handbuilt_macvlan = HandBuiltMacvlan(host, a, b, a_ip, b_ip)
+        return self._handbuilt_macvlan
 
     def engine_iptables(self, *args: str) -> None:
         """Run the engine's own iptables (sid's for 28.5) in the engine's netns."""

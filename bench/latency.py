@@ -7,8 +7,8 @@ import time
 
 from bench.config import Config
 from bench.context import Bench
-from bench.report import Report, Table, fmt, fmt_paired, fmt_ratio
-from bench.stats import paired, ratio, summarize
+from bench.report import Report, Table, fmt, fmt_ratio, fmt_vs
+from bench.stats import ratio, summarize
 
 log = logging.getLogger("bench")
 
@@ -62,9 +62,8 @@ def run(b: Bench, cfg: Config, rep: Report) -> None:
     ]
     rep.tables.append(t)
     r = ratio(po.median, br.median)
-    per_round = paired(samples[labels[0]], samples[labels[2]])
-    rep.headline("docker run --rm: pyoverlay ÷ bridge (median)", f"{fmt_ratio(r)}; {fmt_paired(per_round)}", "≤ 1.10",
-                 r <= 1.10)
+    rep.headline("docker run --rm: pyoverlay ÷ bridge (median)", fmt_vs(samples[labels[0]], samples[labels[2]]),
+                 "≤ 1.10", r <= 1.10)
     rep.headline(
         "docker run --rm: median ms pyoverlay / bridge / none",
         f"{fmt(po.median, 0)} / {fmt(br.median, 0)} / {fmt(none.median, 0)}",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.stats import Summary
+from bench.stats import Summary, paired, ratio, summarize
 
 
 def _cell(value: object) -> str:
@@ -24,6 +25,11 @@ def fmt_ratio(x: float) -> str:
 def fmt_paired(s: Summary) -> str:
     """`per round 0.97 (0.91..1.02)`: median, min and max of the per-round ratios."""
     return f"per round {fmt_ratio(s.median)} ({fmt_ratio(s.min)}..{fmt_ratio(s.max)})"
+
+
+def fmt_vs(a: Sequence[float], b: Sequence[float]) -> str:
+    """`0.98; per round 0.97 (0.91..1.02)`: two interleaved series, the ratio of their medians, then per round."""
+    return f"{fmt_ratio(ratio(summarize(a).median, summarize(b).median))}; {fmt_paired(paired(a, b))}"
 
 
 @dataclass

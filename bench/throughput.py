@@ -8,16 +8,10 @@ from typing import Any
 from bench import iperf
 from bench.config import Config
 from bench.context import Bench, cpu_seconds
-from bench.report import Report, Table, fmt, fmt_paired, fmt_ratio
-from bench.stats import paired, ratio, summarize
+from bench.report import Report, Table, fmt, fmt_ratio, fmt_vs
+from bench.stats import ratio, summarize
 
 PO, BR, HAND = "pyoverlay", "bridge (built-in)", "hand-built veth+bridge (ceiling)"
-
-
-def _container_pair(b: Bench, prefix: str, network: str) -> tuple[str, str, str]:
-    """(server netns, client netns, server IP) of two `bb sleep` containers on `network`."""
-    server, client = b.run_container(f"{prefix}-s", network), b.run_container(f"{prefix}-c", network)
-    return b.container_netns(server), b.container_netns(client), b.container_ip(server, network)
 
 
 def run(b: Bench, cfg: Config, rep: Report) -> None:
@@ -26,7 +20,7 @@ def run(b: Bench, cfg: Config, rep: Report) -> None:
     try:
         flows = []
         for label, prefix, net in ((PO, "tp-po", "bench-po"), (BR, "tp-br", "bench-br")):
-            s_ns, c_ns, s_ip = _container_pair(b, prefix, b.network(net))
+            s_ns, c_ns, s_ip = b.container_pair(prefix, b.network(net))
             names += [f"{prefix}-s", f"{prefix}-c"]
             servers.append(iperf.start_server(b, s_ns))
             flows.append(iperf.Flow(label, c_ns, s_ip))
@@ -65,7 +59,5 @@ def run(b: Bench, cfg: Config, rep: Report) -> None:
     ]
     rep.tables.append(t)
     r = ratio(s[PO].median, s[BR].median)
-    rep.headline("throughput: pyoverlay ÷ bridge (median)", f"{fmt_ratio(r)}; {fmt_paired(paired(gbps[PO], gbps[BR]))}",
-                 "≥ 0.95", r >= 0.95)
-    rep.headline("throughput: pyoverlay ÷ hand-built (median)",
-                 f"{fmt_ratio(ratio(s[PO].median, s[HAND].median))}; {fmt_paired(paired(gbps[PO], gbps[HAND]))}")
+    rep.headline("throughput: pyoverlay ÷ bridge (median)", fmt_vs(gbps[PO], gbps[BR]), "≥ 0.95", r >= 0.95)
+    rep.headline("throughput: pyoverlay ÷ hand-built (median)", fmt_vs(gbps[PO], gbps[HAND]))
