@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.context import Bench
+from bench.context import Bench, cpu_seconds
 
 log = logging.getLogger("bench")
 PORT = 5201
@@ -89,6 +89,18 @@ class Flow:
 
 def measure(flow: Flow, seconds: int) -> Result:
     return client(flow.client_ns, flow.host, flow.port, seconds)
+
+
+def warm_and_interleave(
+    b: Bench, flows: list[Flow], what: str, *, reps: int, seconds: int, warmup: int
+) -> tuple[dict[str, list[Result]], float]:
+    """One discarded warm-up per flow (which also proves each path works), then
+    ``interleave``; returns the results and the driver's CPU seconds meanwhile."""
+    for f in flows:
+        measure(f, warmup)
+    cpu0 = cpu_seconds(b.drv.pid or 0)
+    results = interleave(flows, reps, seconds, what)
+    return results, cpu_seconds(b.drv.pid or 0) - cpu0
 
 
 def interleave(flows: list[Flow], reps: int, seconds: int, what: str) -> dict[str, list[Result]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import iperf
 from bench.config import Config
-from bench.context import LAN_PARENT, MACVLAN_NET, Bench, cpu_seconds, link_mtu
+from bench.context import LAN_PARENT, MACVLAN_NET, Bench, link_mtu
 from bench.report import Report, Table, fmt, fmt_ratio, fmt_vs
 from bench.stats import ratio, summarize
 
@@ -45,11 +45,9 @@ def run(b: Bench, cfg: Config, rep: Report) -> None:
         mtus = {link_mtu(ns) for ns in (s_ns, c_ns, hb.a.path, hb.b.path)}
         parent_mtus = {link_mtu(ns.path, LAN_PARENT) for ns in (b.eng.netns, hb.host)}
 
-        for f in flows:  # warm-up, discarded (and proof that every path works)
-            iperf.measure(f, cfg.iperf_warmup_seconds)
-        cpu0 = cpu_seconds(b.drv.pid or 0)
-        results = iperf.interleave(flows, cfg.macvlan_reps, cfg.iperf_seconds, "macvlan")
-        driver_cpu = cpu_seconds(b.drv.pid or 0) - cpu0
+        results, driver_cpu = iperf.warm_and_interleave(
+            b, flows, "macvlan", reps=cfg.macvlan_reps, seconds=cfg.iperf_seconds, warmup=cfg.iperf_warmup_seconds
+        )
     finally:
         for s in servers:
             b.stop_proc(s)

@@ -7,7 +7,7 @@ from typing import Any
 
 from bench import iperf
 from bench.config import Config
-from bench.context import Bench, cpu_seconds
+from bench.context import Bench
 from bench.report import Report, Table, fmt, fmt_ratio, fmt_vs
 from bench.stats import ratio, summarize
 
@@ -28,11 +28,9 @@ def run(b: Bench, cfg: Config, rep: Report) -> None:
         servers.append(iperf.start_server(b, hb.a.path))
         flows.append(iperf.Flow(HAND, str(hb.b.path), hb.a_ip))
 
-        for f in flows:  # warm-up, discarded
-            iperf.measure(f, cfg.iperf_warmup_seconds)
-        cpu0 = cpu_seconds(b.drv.pid or 0)
-        results = iperf.interleave(flows, cfg.throughput_reps, cfg.iperf_seconds, "throughput")
-        driver_cpu = cpu_seconds(b.drv.pid or 0) - cpu0
+        results, driver_cpu = iperf.warm_and_interleave(
+            b, flows, "throughput", reps=cfg.throughput_reps, seconds=cfg.iperf_seconds, warmup=cfg.iperf_warmup_seconds
+        )
     finally:
         for s in servers:
             b.stop_proc(s)
