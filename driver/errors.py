@@ -5,13 +5,15 @@ place, to a non-2xx answer with ``{"Err": message}`` (dockerd reads ``Err`` on e
 non-200 answer, for the IPAM API too).
 
     DriverError (500)
-     ├── InvalidRequest (400)     malformed body, wrong type, bad CIDR/option value
-     ├── NotFound (404)           reserved: a 404 tells dockerd "verb not implemented",
-     │                            so handlers use it only for unknown paths
+     ├── InvalidRequest (400)     malformed body, wrong type, bad CIDR/option value,
+     │                            unknown network/endpoint ID
      ├── Conflict (409)           address taken, pool overlaps, port already published
      ├── Exhausted (409)          no free address / pool left
      ├── Unsupported (501)        the kernel or host lacks what the request needs
      └── Unavailable (503)        a bounded wait (kernel, iptables, store) ran out
+
+No handler answers 404: dockerd reads a 404 as "verb not implemented" (and ignores it
+for Program/Revoke), so only unknown paths get one, from the app itself.
 
 Messages reach the docker CLI verbatim: they name the object and the problem and never
 carry secrets.
@@ -30,10 +32,6 @@ class DriverError(Exception):
 
 class InvalidRequest(DriverError):
     status = 400
-
-
-class NotFound(DriverError):
-    status = 404
 
 
 class Conflict(DriverError):

@@ -72,10 +72,22 @@ class NetworkService:
         for ep in self.repo.endpoints(nid):
             mode.delete_endpoint(rec, ep)
             self.repo.delete_endpoint(ep.id)
+        self._hand_over_device(rec, mode)
         mode.delete_network(rec)
         self.repo.delete_network(nid)
         self.sync_firewall()
         log.info("network %s deleted", nid[:12])
+
+    def _hand_over_device(self, rec: NetworkRecord, mode: Mode) -> None:
+        """A device we created (a VLAN sub-interface) that another network still uses
+        passes to that network, to be deleted with the last one using it."""
+        if not rec.owns_device:
+            return
+        for other in self.repo.networks():
+            if other.id != rec.id and other.config.mode == rec.config.mode and mode.shares_device(rec, other):
+                other.owns_device, rec.owns_device = True, False
+                self.repo.put_network(other)
+                return
 
     # -- endpoints ------------------------------------------------------------
     def create_endpoint(self, req: models.CreateEndpointRequest) -> dict[str, Any]:

@@ -167,10 +167,13 @@ def test_vlan_parent_is_created_and_removed(lan: Plugin) -> None:
         pytest.skip("this kernel has no 802.1Q VLAN support (8021q): the working path needs it")
     lan.ns.ip("link", "add", "link", "eth1", "name", "eth1.20", "type", "vlan", "id", "20")  # the admin's own
     lan.ok("NetworkDriver.CreateNetwork", macvlan(N1, "192.168.7.0/24", "192.168.7.1/24", parent="eth1.10"))
+    lan.ok("NetworkDriver.CreateNetwork", macvlan(N3, "192.168.9.0/24", "192.168.9.1/24", parent="eth1.10"))
     lan.ok("NetworkDriver.CreateNetwork", macvlan(N2, "192.168.8.0/24", "192.168.8.1/24", parent="eth1.20"))
     info = lan.ns.ip_json("-d", "link", "show", "eth1.10")[0]["linkinfo"]
     assert info["info_kind"] == "vlan" and info["info_data"]["id"] == 10
     lan.ok("NetworkDriver.DeleteNetwork", {"NetworkID": N1})
+    assert "eth1.10" in lan.link_names(), "still used by the second network on it"
+    lan.ok("NetworkDriver.DeleteNetwork", {"NetworkID": N3})
     lan.ok("NetworkDriver.DeleteNetwork", {"NetworkID": N2})
     names = lan.link_names()
     assert "eth1.10" not in names and "eth1.20" in names, "only the sub-interface we created is deleted"

@@ -24,6 +24,9 @@ class Mode(Protocol):
     def check_coexistence(self, net: NetworkRecord, other: NetworkRecord) -> None:
         """Raise ``Conflict`` if ``net`` cannot exist beside ``other`` (same mode)."""
 
+    def shares_device(self, net: NetworkRecord, other: NetworkRecord) -> bool:
+        """Whether ``other`` uses the device ``net`` may own (so it must outlive ``net``)."""
+
     def prepare_network(self, net: NetworkRecord) -> None:
         """Validate against the host and decide ``owns_device``; changes nothing."""
 

@@ -63,6 +63,9 @@ class BridgeMode:
                 f"network {other.id[:12]}"
             )
 
+    def shares_device(self, net: NetworkRecord, other: NetworkRecord) -> bool:
+        return False  # check_coexistence refuses a second network on one bridge
+
     def prepare_network(self, net: NetworkRecord) -> None:
         name = bridge_name(net)
         existing = self.nl.link(name)

@@ -69,6 +69,9 @@ class MacvlanMode:
                         f"{PARENT}: network {other.id[:12]} already uses {parent} with subnet {b}, which overlaps {a}"
                     )
 
+    def shares_device(self, net: NetworkRecord, other: NetworkRecord) -> bool:
+        return other.config.parent == net.config.parent
+
     def check_new_endpoint(self, net: NetworkRecord, existing: list[EndpointRecord]) -> None:
         # A passthru network owns its parent (check_coexistence), so one endpoint per
         # network is one per parent.
