@@ -35,6 +35,11 @@ def ours(engine: Engine) -> list[str]:
     return [ln.name for ln in links(engine.netns) if ln.name.startswith("po")]
 
 
+def rules(engine: Engine) -> list[str]:
+    """iptables-save without its comment lines (they carry a timestamp)."""
+    return [line for line in iptables_save(engine.netns).splitlines() if not line.startswith("#")]
+
+
 def test_two_containers_ping_by_name(clean_engine: Engine) -> None:
     e = clean_engine
     e.cli("network", "create", "-d", "pyoverlay", "--subnet", "10.50.0.0/24", "web")
@@ -144,9 +149,9 @@ def test_driver_restart_keeps_containers_working(clean_engine: Engine, driver: D
     run(e, "k3", "--network", "keep")
     assert ipv4(e, "k3") == ["10.50.6.4/24"], "no address is handed out twice after restarts"
     assert pings(e, "k3", "k1") and pings(e, "k1", "k3")
-    rules = iptables_save(e.netns)
+    saved = iptables_save(e.netns)
     bridge = next(n for n in ours(e) if n.startswith("po-"))
-    assert rules.count(f"-A PYOVERLAY-FORWARD -i {bridge} -o {bridge} -j ACCEPT") == 1
+    assert saved.count(f"-A PYOVERLAY-FORWARD -i {bridge} -o {bridge} -j ACCEPT") == 1
     e.cli("rm", "-f", "k1", "k2", "k3")
     e.cli("network", "rm", "keep")
 
@@ -173,7 +178,7 @@ def test_network_rm_leaves_nothing(clean_engine: Engine, driver: DriverProcess) 
 ])
 def test_bad_options_fail_cleanly(clean_engine: Engine, bad: list[str]) -> None:
     e = clean_engine
-    before = (ours(e), iptables_save(e.netns))
+    before = (ours(e), rules(e))
     r = e.cli("network", "create", "-d", "pyoverlay", "--subnet", "10.50.8.0/24", *bad, "bad", check=False)
     assert r.returncode != 0 and "option" in r.stderr
-    assert (ours(e), iptables_save(e.netns)) == before
+    assert (ours(e), rules(e)) == before
