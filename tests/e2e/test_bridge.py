@@ -182,3 +182,19 @@ def test_bad_options_fail_cleanly(clean_engine: Engine, bad: list[str]) -> None:
     r = e.cli("network", "create", "-d", "pyoverlay", "--subnet", "10.50.8.0/24", *bad, "bad", check=False)
     assert r.returncode != 0 and "option" in r.stderr
     assert (ours(e), rules(e)) == before
+
+
+def test_dockerd_restart_brings_restart_always_containers_back(clean_engine: Engine, driver: DriverProcess) -> None:
+    """dockerd never replays CreateNetwork: after its restart, a --restart always container
+    re-joins a network it only knows from its own store (new EndpointID, same driver)."""
+    e = clean_engine
+    e.cli("network", "create", "-d", "pyoverlay", "--subnet", "10.50.10.0/24", "durable")
+    e.cli("run", "-d", "--name", "keeper", "--restart", "always", "--network", "durable", "bb", "sleep", "3600")
+    run(e, "other", "--network", "durable")
+    e.restart()
+    assert e.cli("inspect", "-f", "{{.State.Running}}", "keeper").stdout.strip() == "true"
+    e.cli("start", "other")
+    assert pings(e, "keeper", "other") and pings(e, "other", "keeper")
+    assert pings(e, "keeper", "10.50.10.1")
+    records = list((driver.state_dir / "store" / "endpoint").glob("*.json"))
+    assert len(records) == 2, "endpoints of the stopped containers were deleted, the new ones recorded"
