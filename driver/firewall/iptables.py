@@ -81,7 +81,8 @@ class Iptables:
         script: list[str] = []
         for table in sorted({j.table for j in JUMPS}):
             lines = saved.get(table, [])
-            ours = [j for j in JUMPS if j.table == table and f":{j.chain} - [0:0]" in [_decl(x) for x in lines]]
+            declared = {line.split()[0][1:] for line in lines if line.startswith(":")}
+            ours = [j for j in JUMPS if j.table == table and j.chain in declared]
             if not ours:
                 continue
             chains = sorted({j.chain for j in ours})
@@ -91,11 +92,6 @@ class Iptables:
                 script += [f"-D {jump.builtin} {jump.rule()}"] * lines.count(f"-A {jump.builtin} {jump.rule()}")
             script += [*(f"-X {c}" for c in chains), "COMMIT"]
         return script
-
-
-def _decl(line: str) -> str:
-    """``:CHAIN POLICY [counters]`` → ``:CHAIN - [0:0]`` (user chains have no policy)."""
-    return f"{line.split(maxsplit=1)[0]} - [0:0]" if line.startswith(":") else line
 
 
 def _jump_line(jump: Jump, lines: list[str]) -> str:

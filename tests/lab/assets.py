@@ -8,6 +8,8 @@ import os
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .proc import LabError, log, run
@@ -46,39 +48,40 @@ def build_busybox_tar(dest: Path, busybox: Path = BUSYBOX) -> Path:
     return dest
 
 
-def ensure_sid_tar(path: Path = SID_TAR, timeout: float = 1800.0) -> Path:
-    """The sid rootfs tarball; built with mmdebstrap (slow, needs the mirror) when missing."""
+@contextmanager
+def flock(path: Path) -> Iterator[None]:
+    """Several sessions may build the same artefact: one builds, the others wait and reuse it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def mmdebstrap_tar(path: Path, args: Sequence[str], *, lock: Path, timeout: float, what: str) -> Path:
+    """``path``, made with ``mmdebstrap ARGS TMP MIRROR`` (slow, needs the mirror) when missing."""
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Several sessions may race to build it: one builds, the others wait on the lock.
-    with open(path.parent / ".sid-docker.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flock(lock):
         if path.exists():
             return path
         if not shutil.which("mmdebstrap"):
             raise LabError(f"{path} missing and mmdebstrap not installed")
         tmp = path.with_suffix(f".tmp{os.getpid()}.tar")
-        log.warning("building %s with mmdebstrap (slow path, ~35 s)", path)
+        log.warning("building %s with mmdebstrap (slow path, %s)", path, what)
         t0 = time.monotonic()
         try:
-            run(
-                [
-                    "mmdebstrap",
-                    "--variant=minbase",
-                    '--aptopt=Acquire::Check-Valid-Until "false"',
-                    "--include=docker.io,iptables",
-                    "sid",
-                    tmp,
-                    MIRROR,
-                ],
-                timeout=timeout,
-            )
+            run(["mmdebstrap", *args, tmp, MIRROR], timeout=timeout)
             tmp.rename(path)
         finally:
             tmp.unlink(missing_ok=True)
         log.info("built %s in %.1fs", path, time.monotonic() - t0)
     return path
+
+
+def ensure_sid_tar(path: Path = SID_TAR, timeout: float = 1800.0) -> Path:
+    """The sid rootfs tarball with dockerd 28.5 (LAB §16)."""
+    args = ["--variant=minbase", '--aptopt=Acquire::Check-Valid-Until "false"', "--include=docker.io,iptables", "sid"]
+    return mmdebstrap_tar(path, args, lock=path.parent / ".sid-docker.lock", timeout=timeout, what="~35 s")
 
 
 def cached_rootfs(tar: Path, cache_dir: Path = CACHE_DIR) -> Path:
@@ -91,8 +94,7 @@ def cached_rootfs(tar: Path, cache_dir: Path = CACHE_DIR) -> Path:
     dest = cache_dir / f"{tar.stem}-root-{st.st_size}-{st.st_mtime_ns}"
     if dest.is_dir():
         return dest
-    with open(cache_dir / f".{tar.stem}-root.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flock(cache_dir / f".{tar.stem}-root.lock"):
         if dest.is_dir():
             return dest
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")

@@ -19,7 +19,6 @@ Delete `CACHE_DIR/plugin-*` to force fresh downloads.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,12 +29,11 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .assets import CACHE_DIR, MIRROR
+from .assets import CACHE_DIR, flock, mmdebstrap_tar
 from .engine import DOCKER_CLIS, SID_WORKDIR, Engine
 from .proc import LabError, log, run
 
@@ -77,15 +75,6 @@ def _digest(parts: Iterable[bytes]) -> str:
     return h.hexdigest()[:16]
 
 
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Several sessions may build the same artefact: one builds, the others wait and reuse it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 def _pip(*args: str, timeout: float = 600.0) -> None:
     run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], timeout=timeout)
 
@@ -106,22 +95,9 @@ def base_tar_path(cache_dir: Path = CACHE_DIR) -> Path:
 def ensure_base_tar(cache_dir: Path = CACHE_DIR, timeout: float = 1800.0) -> Path:
     """The base rootfs tarball; made with mmdebstrap when missing (~50 s, needs the mirror)."""
     path = base_tar_path(cache_dir)
-    if path.exists():
-        return path
-    with _flock(cache_dir / ".plugin-base.lock"):
-        if path.exists():
-            return path
-        if not shutil.which("mmdebstrap"):
-            raise LabError(f"{path} missing and mmdebstrap not installed")
-        tmp = path.with_suffix(f".tmp{os.getpid()}.tar")
-        log.warning("building %s with mmdebstrap (slow path, ~50 s)", path)
-        t0 = time.monotonic()
-        try:
-            run(["mmdebstrap", "--quiet", *MMDEBSTRAP_ARGS, tmp, MIRROR], timeout=timeout)
-            tmp.rename(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        log.info("built %s in %.1fs", path, time.monotonic() - t0)
+    if not path.exists():
+        lock = cache_dir / ".plugin-base.lock"
+        mmdebstrap_tar(path, ["--quiet", *MMDEBSTRAP_ARGS], lock=lock, timeout=timeout, what="~50 s")
         for old in cache_dir.glob("plugin-base-bookworm-*.tar"):
             if old != path:
                 old.unlink(missing_ok=True)  # an older recipe's
@@ -145,7 +121,7 @@ def _requirements_dir(kind: str, requirements: list[str], cache_dir: Path, *pip_
     dest = cache_dir / f"plugin-{kind}-{_digest(a.encode() for a in [*requirements, *pip_args])}"
     if dest.is_dir():
         return dest
-    with _flock(cache_dir / f".plugin-{kind}.lock"):
+    with flock(cache_dir / f".plugin-{kind}.lock"):
         if dest.is_dir():
             return dest
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
@@ -164,7 +140,7 @@ def build_backend_dir(cache_dir: Path = CACHE_DIR) -> Path:
     dest = cache_dir / f"plugin-build-backend-{_digest(r.encode() for r in requires)}"
     if dest.is_dir():
         return dest
-    with _flock(cache_dir / ".plugin-build-backend.lock"):
+    with flock(cache_dir / ".plugin-build-backend.lock"):
         if dest.is_dir():
             return dest
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
@@ -262,7 +238,7 @@ class PluginImage:
     def _ensure(self, engine: Engine) -> Path:
         dest = self.cache_dir / f"plugin-rootfs-{plugin_key()}"
         if not _complete(dest):
-            with _flock(self.cache_dir / ".plugin-rootfs.lock"):
+            with flock(self.cache_dir / ".plugin-rootfs.lock"):
                 if not _complete(dest):
                     self._build(engine, dest)
                     self.built_on = engine

@@ -8,6 +8,7 @@ assigns the addresses itself, and hands it back under the same name on Leave.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from driver.errors import Conflict, DriverError
@@ -95,12 +96,12 @@ class BridgeMode:
             # Publishing on 127.0.0.1 DNATs loopback traffic onto the bridge, which the
             # kernel drops as martian unless route_localnet is on (see firewall.rules).
             steps.run(f"route_localnet on {name}", lambda: self.nl.set_route_localnet(name))
+        present = self.nl.addresses(name)  # an adopted bridge may hold them already: keep those
         for cidr in gateways(net):
-            had = cidr in self.nl.addresses(name)
             steps.run(
                 f"add gateway {cidr} to {name}",
-                lambda c=cidr: self.nl.add_address(name, c),  # type: ignore[misc]
-                None if had else (lambda c=cidr: self.nl.remove_address(name, c)),  # type: ignore[misc]
+                partial(self.nl.add_address, name, cidr),
+                None if cidr in present else partial(self.nl.remove_address, name, cidr),
             )
         steps.run(f"bring up {name}", lambda: self.nl.set_link(name, state="up"))
 
