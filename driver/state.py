@@ -61,21 +61,42 @@ class EndpointRecord(Record):
 
 
 class PoolRecord(Record):
+    """Pool facts only: its addresses are ``AddressRecord``s, one per address."""
+
     id: str
     space: str
     pool: str
     subpool: str | None = None
     v6: bool = False
     options: dict[str, str] = Field(default_factory=dict)
-    # address → what holds it ("gateway", "aux", "endpoint")
+
+
+class LegacyPoolRecord(PoolRecord):
+    """A pool as written before per-address records: address → "gateway" or "address".
+
+    Read once at start to migrate (``driver.ipam.addresses.migrate``), never written.
+    """
+
     addresses: dict[str, str] = Field(default_factory=dict)
+
+
+# What RequestAddress said about the address. dockerd sends the same ``Options: null`` and
+# an explicit Address for an aux address and for a container's ``--ip``, so those two are
+# one "requested"; "dynamic" is an address we picked; "legacy" a migrated non-gateway one.
+Purpose = Literal["gateway", "requested", "dynamic", "legacy"]
+
+
+class AddressRecord(Record):
+    pool: str  # PoolRecord.id
+    address: str  # bare IP
+    purpose: Purpose
 
 
 R = TypeVar("R", bound=Record)
 
 
 class Repo:
-    """Typed access to networks, endpoints and pools in one store."""
+    """Typed access to networks, endpoints, pools and pool addresses in one store."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -129,3 +150,29 @@ class Repo:
 
     def delete_pool(self, pool_id: str) -> None:
         self._delete("pool", pool_id)
+
+    def legacy_pools(self) -> list[LegacyPoolRecord]:
+        """Pools still carrying the old in-record address map."""
+        return [p for p in self._all("pool", LegacyPoolRecord) if p.addresses]
+
+    def addresses(self, pool_id: str) -> list[AddressRecord]:
+        prefix = _address_key(pool_id, "")
+        recs = self.store.list("address").items()
+        return [AddressRecord.model_validate_json(v) for k, v in recs if k.startswith(prefix)]
+
+    def put_address(self, rec: AddressRecord) -> None:
+        self.store.put(_address_key(rec.pool, rec.address), rec.model_dump_json().encode())
+
+    def delete_address(self, pool_id: str, address: str) -> None:
+        self.store.delete(_address_key(pool_id, address))
+
+    def delete_addresses(self, pool_id: str) -> None:
+        prefix = _address_key(pool_id, "")
+        for key in [k for k in self.store.list("address") if k.startswith(prefix)]:
+            self.store.delete(key)
+
+
+def _address_key(pool_id: str, address: str) -> str:
+    # "|" appears in neither a pool ID nor an IP, so a pool's prefix never matches another
+    # pool's keys (10.1.0.0/2 vs 10.1.0.0/24); quoting keeps "/" and ":" out of the name.
+    return f"address/{quote(f'{pool_id}|{address}', safe='')}"

@@ -6,10 +6,10 @@ Nothing here touches the store or the kernel, so it is unit-tested exhaustively.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from driver.errors import Conflict, Exhausted, InvalidRequest
+from driver.errors import Conflict, InvalidRequest
 
 IPNet = IPv4Network | IPv6Network
 IPAddr = IPv4Address | IPv6Address
@@ -75,29 +75,20 @@ def pick_pool(candidates: Iterable[IPNet], avoid: Iterable[IPNet]) -> IPNet | No
     return None
 
 
-def lowest_free(net: IPNet, within: IPNet | None, taken: Iterable[str]) -> IPAddr:
-    """Lowest free assignable address of ``net`` inside ``within`` (the ``--ip-range``)."""
+def dynamic_range(net: IPNet, within: IPNet | None) -> tuple[int, int]:
+    """First and last address a request without Address may get: ``net``'s assignable
+    addresses inside ``within`` (the ``--ip-range``). Empty (first > last) if none are."""
     lo, hi = usable_bounds(net)
     if within is not None:
         lo, hi = max(lo, int(within.network_address)), min(hi, int(within.broadcast_address))
-    candidate = lo
-    for t in sorted(int(ipaddress.ip_address(a)) for a in taken):
-        if t < candidate:
-            continue
-        if t > candidate:
-            break
-        candidate += 1
-    if candidate > hi:
-        rng = f" (range {within})" if within is not None else ""
-        raise Exhausted(f"no free address left in pool {net}{rng}")
-    return ipaddress.ip_address(candidate)
+    return lo, hi
 
 
-def check_requested(field: str, addr: IPAddr, net: IPNet, taken: Iterable[str]) -> None:
+def check_requested(field: str, addr: IPAddr, net: IPNet, taken: Container[int]) -> None:
     if addr.version != net.version or addr not in net:
         raise InvalidRequest(f"{field}: {addr} is outside pool {net}")
     lo, hi = usable_bounds(net)
     if not lo <= int(addr) <= hi:
         raise InvalidRequest(f"{field}: {addr} is the network or broadcast address of {net}")
-    if str(addr) in set(taken):
+    if int(addr) in taken:
         raise Conflict(f"{field}: {addr} is already allocated in pool {net}")

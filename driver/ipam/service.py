@@ -8,8 +8,9 @@ from typing import Any
 
 from driver.errors import Exhausted, InvalidRequest
 from driver.ipam import allocator
-from driver.ipam.allocator import IPNet
-from driver.state import PoolRecord, Repo
+from driver.ipam.addresses import AddressBook, LocalAddressBook
+from driver.ipam.allocator import IPAddr, IPNet
+from driver.state import PoolRecord, Purpose, Repo
 
 LOCAL_SPACE = "PyoverlayLocal"
 GLOBAL_SPACE = "PyoverlayGlobal"
@@ -24,11 +25,13 @@ class IpamService:
         default_v4: list[str],
         default_v6: list[str],
         host_routes: Callable[[], list[IPNet]],
+        addresses: AddressBook | None = None,
     ) -> None:
         self.repo = repo
         self.default_v4 = default_v4
         self.default_v6 = default_v6
         self.host_routes = host_routes
+        self.addresses = addresses if addresses is not None else LocalAddressBook(repo)
 
     @staticmethod
     def capabilities() -> dict[str, bool]:
@@ -85,31 +88,31 @@ class IpamService:
         return picked
 
     def release_pool(self, pool_id: str) -> None:
+        # Addresses first: dockerd releases gateway and aux before ReleasePool, but after a
+        # crash some may be left, and they must not come back with a new pool of this ID.
+        self.addresses.forget(pool_id)
         self.repo.delete_pool(pool_id)
 
     def request_address(self, pool_id: str, address: str, options: Mapping[str, Any]) -> str:
         rec = self._pool(pool_id)
-        net = ipaddress.ip_network(rec.pool)
-        purpose = "gateway" if options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE else "address"
-        if address:
-            addr = allocator.parse_address("Address", address)
-            allocator.check_requested("Address", addr, net, rec.addresses)
-        else:
-            within = ipaddress.ip_network(rec.subpool) if rec.subpool else None
-            addr = allocator.lowest_free(net, within, rec.addresses)
-        rec.addresses[str(addr)] = purpose
-        self.repo.put_pool(rec)
-        return f"{addr}/{net.prefixlen}"
+        want = allocator.parse_address("Address", address) if address else None
+        addr = self.addresses.reserve(rec, want, _purpose(want, options))
+        return f"{addr}/{ipaddress.ip_network(rec.pool).prefixlen}"
 
     def release_address(self, pool_id: str, address: str) -> None:
         addr = allocator.parse_address("Address", address)
         rec = self.repo.pool(pool_id)
-        if rec is None or rec.addresses.pop(str(addr), None) is None:
-            return
-        self.repo.put_pool(rec)
+        if rec is not None:
+            self.addresses.release(rec, addr)
 
     def _pool(self, pool_id: str) -> PoolRecord:
         rec = self.repo.pool(pool_id)
         if rec is None:
             raise InvalidRequest(f"PoolID: unknown pool {pool_id!r}")
         return rec
+
+
+def _purpose(want: IPAddr | None, options: Mapping[str, Any]) -> Purpose:
+    if options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE:
+        return "gateway"
+    return "dynamic" if want is None else "requested"
