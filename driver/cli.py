@@ -36,7 +36,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="env PYOVERLAY_LOG_LEVEL, default info"
     )
+    cluster = serve.add_argument_group("cluster store (overlay networks)")
+    for flag, text in _CLUSTER_FLAGS.items():
+        cluster.add_argument(flag, help=f"{text} (env PYOVERLAY_{flag[2:].replace('-', '_').upper()})")
     return p
+
+
+_CLUSTER_FLAGS = {
+    "--store": "local (default: the embedded store) or etcd (needed by overlay networks)",
+    "--etcd-endpoints": "etcd client URLs, comma-separated: http(s)://HOST:PORT[,...]",
+    "--etcd-ca": "CA certificate to verify etcd with",
+    "--etcd-cert": "client certificate for etcd",
+    "--etcd-key": "client key for etcd",
+    "--etcd-prefix": "key prefix in etcd (default /pyoverlay)",
+    "--advertise-addr": "this host's VTEP address, an IP or an interface (default: the default route's source)",
+    "--host-ttl": "seconds a host stays in the cluster after its last lease renewal (default 15)",
+    "--vxlan-port": "UDP port of the VXLAN tunnels (default 4789)",
+}
 
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
@@ -99,13 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     # Until uvicorn installs its own handlers, a SIGTERM must still unwind through the
     # finally below, or the socket file would be left for the next start to clean up.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    overrides = {"socket": socket_path, "state_dir": state_dir}
-    if args.log_level:
-        overrides["log_level"] = args.log_level
+    overrides: dict[str, object] = {"socket": socket_path, "state_dir": state_dir}
+    for flag in ("--log-level", *_CLUSTER_FLAGS):
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     try:
+        from driver.config import SettingsError
         from driver.server import serve
 
-        return serve(sock, overrides)
+        try:
+            return serve(sock, overrides)
+        except SettingsError as err:
+            print(f"pyoverlay: {err}", file=sys.stderr)
+            return 2
     finally:
         _unlink_if_ours(socket_path, inode)
         sock.close()

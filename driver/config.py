@@ -1,16 +1,45 @@
-"""Runtime settings: flags override ``PYOVERLAY_*`` environment variables."""
+"""Runtime settings: flags override ``PYOVERLAY_*`` environment variables.
+
+Everything is checked here, at start, so a bad value stops the driver with one line
+naming it instead of surfacing at the first request.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from driver.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+StoreKind = Literal["local", "etcd"]
+
+DEFAULT_HOST_TTL = 15
+_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+
+def parse_endpoints(value: str | list[str]) -> list[str]:
+    """``http://a:2379,https://b:2379`` → a list of checked client URLs."""
+    items = value.split(",") if isinstance(value, str) else value
+    out = []
+    for raw in (i.strip() for i in items):
+        if not raw:
+            continue
+        url = urlsplit(raw)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        if url.scheme not in ("http", "https") or not url.hostname or port is None or url.path not in ("", "/"):
+            raise ValueError(f"{raw!r} is not an etcd client URL (expected http(s)://HOST:PORT)")
+        out.append(f"{url.scheme}://{url.netloc}")
+    return out
 
 
 class Settings(BaseSettings):
@@ -30,3 +59,78 @@ class Settings(BaseSettings):
     request_timeout: float = 30.0
     # Test hook: make the named rollback step fail (see driver.network.steps).
     fail_step: str | None = None
+
+    # -- the cluster store (overlay networks) ------------------------------------
+    # "local": the embedded store only, all that bridge and macvlan need. "etcd": cluster
+    # facts (overlay identities, VNIs, overlay addresses, hosts, remote endpoints) in etcd;
+    # what only this host needs stays local either way.
+    store: StoreKind = "local"
+    etcd_endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    # Several pyoverlay clusters (or other tools) can share one etcd under different prefixes.
+    etcd_prefix: str = "/pyoverlay"
+    # Every etcd call is bounded by this, so a request that needs the cluster fails
+    # within a few seconds (dockerd waits forever on a hung plugin) and never hangs.
+    etcd_timeout: float = Field(3.0, gt=0, le=30)
+    # The VTEP address other hosts send this host's VXLAN traffic to: an IP of this host
+    # or an interface name; default the source address of the default route.
+    advertise_addr: str | None = None
+    # The host's lease: a host that stops renewing it (dead, cut off) disappears from its
+    # peers' data planes this long after its last renewal. 15 s rides out an etcd leader
+    # election (1-3 s) many times over without keeping a dead host's endpoints for long.
+    host_ttl: int = Field(DEFAULT_HOST_TTL, ge=3, le=3600)
+    # 4789 is IANA's VXLAN port and Docker's overlay default; pyoverlay's VNIs stay below
+    # swarm's range (4096 and up), so both can share the port on one host.
+    vxlan_port: int = Field(4789, ge=1, le=65535)
+
+    @field_validator("etcd_ca", "etcd_cert", "etcd_key", "advertise_addr", "fail_step", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # A managed plugin's env variables are set, if only to "", whether or not the
+        # user gave them.
+        return None if value == "" else value
+
+    @field_validator("etcd_endpoints", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> list[str]:
+        if not isinstance(value, str | list):
+            raise ValueError("must be a comma-separated list of URLs")
+        return parse_endpoints(value)
+
+    @field_validator("etcd_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _PREFIX_RE.match(value):
+            raise ValueError(f"{value!r} must look like /name[/name...] (letters, digits, '.', '_', '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if self.store == "etcd" and not self.etcd_endpoints:
+            raise ValueError("store etcd needs etcd endpoints (--etcd-endpoints http://HOST:2379[,...])")
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise ValueError("etcd TLS needs both a client certificate and its key (--etcd-cert, --etcd-key)")
+        for path in (self.etcd_ca, self.etcd_cert, self.etcd_key):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read etcd TLS file {path}")
+        return self
+
+
+class SettingsError(Exception):
+    """A bad flag or environment value, as one line naming it."""
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            where = f"--{field.replace('_', '-')} (PYOVERLAY_{field.upper()})" if field else "settings"
+            problems.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        raise SettingsError("; ".join(problems)) from None

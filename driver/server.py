@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from driver.api.routes import Services
 from driver.app import create_app
-from driver.config import Settings
+from driver.config import Settings, load_settings
 from driver.firewall import Firewall
 from driver.firewall.iptables import Iptables
 from driver.ipam.service import IpamService
@@ -49,7 +49,7 @@ def _startup(services: Services, nl: Netlink) -> None:
 
 
 def serve(sock: socket.socket, overrides: dict[str, Any]) -> int:
-    settings = Settings(**overrides)
+    settings = load_settings(overrides)
     logging.basicConfig(
         stream=sys.stdout,  # a managed plugin's stdout is logged by dockerd at level info
         level=settings.log_level.upper(),

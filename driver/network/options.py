@@ -20,7 +20,7 @@ from driver.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["bridge", "macvlan"]
+Mode = Literal["bridge", "macvlan", "overlay"]
 MacvlanMode = Literal["bridge", "private", "vepa", "passthru"]
 
 MODE = "mode"
@@ -32,6 +32,10 @@ MTU = "com.docker.network.driver.mtu"
 IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 PARENT = "parent"
 MACVLAN_MODE = "macvlan_mode"
+OVERLAY = "overlay"
+VNI = "vni"
+# Docker's own overlay driver takes the VNI under this name (a list; one network, one VNI here).
+VNI_DOCKER = "com.docker.network.driver.overlay.vxlanid_list"
 
 # Keys dockerd itself puts into the generic map (daemon default-network-opts and the like).
 _IGNORED_PREFIXES = ("com.docker.network.",)
@@ -40,6 +44,9 @@ _IGNORED_PREFIXES = ("com.docker.network.",)
 # keeps names safe to use in /proc/sys paths and iptables arguments.
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,7}$")
+# The overlay's cluster-wide identity: also a path segment of its etcd keys.
+OVERLAY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_VNI = (1 << 24) - 1
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
 
@@ -58,6 +65,8 @@ class NetworkConfig(BaseModel):
     enable_ipv6: bool = False
     parent: str | None = None
     macvlan_mode: MacvlanMode = "bridge"
+    overlay: str | None = None
+    vni: int | None = None
 
 
 def parse_bool(key: str, value: str) -> bool:
@@ -112,9 +121,27 @@ def _prefix(key: str, value: str) -> str:
     return value
 
 
+def _overlay_name(key: str, value: str) -> str:
+    if not OVERLAY_NAME_RE.match(value):
+        raise InvalidRequest(
+            f"option {key}: {value!r} is not a valid overlay name "
+            "(1-63 characters: letters, digits, '_', '.', '-'; starting with a letter or digit)"
+        )
+    return value
+
+
+def parse_vni(key: str, value: str) -> int:
+    if not value.isdigit():
+        raise InvalidRequest(f"option {key}: {value!r} is not a VXLAN id (an integer 1-{MAX_VNI})")
+    vni = int(value)
+    if not 1 <= vni <= MAX_VNI:
+        raise InvalidRequest(f"option {key}: VXLAN id {vni} is out of range 1-{MAX_VNI}")
+    return vni
+
+
 # key → (NetworkConfig field, parser of the string value)
 _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    MODE: ("mode", _one_of("bridge", "macvlan")),
+    MODE: ("mode", _one_of("bridge", "macvlan", "overlay")),
     BRIDGE_NAME: ("bridge_name", check_ifname),
     MTU: ("mtu", parse_mtu),
     ENABLE_ICC: ("icc", parse_bool),
@@ -123,6 +150,15 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     IFACE_PREFIX: ("iface_prefix", _prefix),
     PARENT: ("parent", check_ifname),
     MACVLAN_MODE: ("macvlan_mode", _one_of("bridge", "private", "vepa", "passthru")),
+    OVERLAY: ("overlay", _overlay_name),
+    VNI: ("vni", parse_vni),
+}
+
+# The keys each mode takes, beyond those every mode takes (MODE, MTU, IFACE_PREFIX).
+_MODE_KEYS: dict[str, tuple[str, ...]] = {
+    "bridge": (BRIDGE_NAME, ENABLE_ICC, ENABLE_MASQ, HOST_BINDING),
+    "macvlan": (PARENT, MACVLAN_MODE),
+    "overlay": (OVERLAY, VNI, VNI_DOCKER, ENABLE_ICC, ENABLE_MASQ, HOST_BINDING),
 }
 
 
@@ -130,22 +166,35 @@ def parse_options(generic: Mapping[str, Any], *, internal: bool, enable_ipv6: bo
     for key, value in generic.items():
         if not isinstance(value, str):
             raise InvalidRequest(f"option {key}: value must be a string, got {type(value).__name__}")
-        if key not in _PARSERS and not key.startswith(_IGNORED_PREFIXES):
+        if key not in _PARSERS and key != VNI_DOCKER and not key.startswith(_IGNORED_PREFIXES):
             log.warning("ignoring unknown network option %r", key)
     values = {field: parse(key, generic[key]) for key, (field, parse) in _PARSERS.items() if key in generic}
     if MTU in generic:
         values["mtu"] = parse_mtu(MTU, generic[MTU], enable_ipv6)
+    if VNI_DOCKER in generic:
+        values["vni"] = _docker_vni(generic)
     cfg = NetworkConfig(internal=internal, enable_ipv6=enable_ipv6, **values)
     _check_mode_keys(cfg, generic)
+    if cfg.mode == "overlay" and cfg.overlay is None:
+        raise InvalidRequest(
+            f"option {OVERLAY}: an overlay network needs its cluster-wide name, e.g. -o {OVERLAY}=app "
+            "(the same on every host that joins it)"
+        )
     return cfg
 
 
+def _docker_vni(generic: Mapping[str, Any]) -> int:
+    ids = [v.strip() for v in generic[VNI_DOCKER].split(",") if v.strip()]
+    if len(ids) != 1:
+        raise InvalidRequest(f"option {VNI_DOCKER}: give exactly one VXLAN id (pyoverlay overlays have one subnet VNI)")
+    vni = parse_vni(VNI_DOCKER, ids[0])
+    if VNI in generic and parse_vni(VNI, generic[VNI]) != vni:
+        raise InvalidRequest(f"option {VNI}: {generic[VNI]} contradicts {VNI_DOCKER}={vni}")
+    return vni
+
+
 def _check_mode_keys(cfg: NetworkConfig, opts: Mapping[str, Any]) -> None:
-    if cfg.mode == "bridge":
-        for key in (PARENT, MACVLAN_MODE):
-            if key in opts:
-                raise InvalidRequest(f"option {key}: only valid with -o mode=macvlan")
-    else:
-        for key in (BRIDGE_NAME, ENABLE_ICC, ENABLE_MASQ, HOST_BINDING):
-            if key in opts:
-                raise InvalidRequest(f"option {key}: only valid with -o mode=bridge")
+    for key in {k for keys in _MODE_KEYS.values() for k in keys}:
+        if key in opts and key not in _MODE_KEYS[cfg.mode]:
+            others = [m for m, ks in _MODE_KEYS.items() if key in ks]
+            raise InvalidRequest(f"option {key}: only valid with -o mode={' or mode='.join(others)}")

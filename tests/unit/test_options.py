@@ -79,3 +79,34 @@ def test_macvlan_keys() -> None:
         parse_options({"mode": "macvlan", "macvlan_mode": "nat"}, internal=False, enable_ipv6=False)
     with pytest.raises(InvalidRequest, match="only valid with -o mode=bridge"):
         parse_options({"mode": "macvlan", "com.docker.network.bridge.name": "x"}, internal=False, enable_ipv6=False)
+
+
+def test_overlay_needs_a_name() -> None:
+    with pytest.raises(InvalidRequest, match="option overlay: an overlay network needs its cluster-wide name"):
+        parse_options({"mode": "overlay"}, internal=False, enable_ipv6=False)
+
+
+@pytest.mark.parametrize("name", ["", "-app", "a/b", "x" * 64, "a b"])
+def test_malformed_overlay_name_is_refused(name: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"option overlay: .* is not a valid overlay name"):
+        parse_options({"mode": "overlay", "overlay": name}, internal=False, enable_ipv6=False)
+
+
+def test_overlay_vni_and_docker_alias() -> None:
+    cfg = parse_options({"mode": "overlay", "overlay": "app", "vni": "42"}, internal=False, enable_ipv6=False)
+    assert (cfg.overlay, cfg.vni) == ("app", 42)
+    alias = {"mode": "overlay", "overlay": "app", "com.docker.network.driver.overlay.vxlanid_list": "77"}
+    assert parse_options(alias, internal=False, enable_ipv6=False).vni == 77
+
+
+@pytest.mark.parametrize("vni", ["0", "16777216", "x", "-1"])
+def test_vni_out_of_range(vni: str) -> None:
+    with pytest.raises(InvalidRequest, match="option vni: "):
+        parse_options({"mode": "overlay", "overlay": "app", "vni": vni}, internal=False, enable_ipv6=False)
+
+
+def test_overlay_keys_outside_overlay_mode_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="option overlay: only valid with -o mode=overlay"):
+        parse_options({"overlay": "app"}, internal=False, enable_ipv6=False)
+    with pytest.raises(InvalidRequest, match="option parent: only valid with -o mode=macvlan"):
+        parse_options({"mode": "overlay", "overlay": "app", "parent": "eth0"}, internal=False, enable_ipv6=False)
