@@ -24,6 +24,7 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_SETLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from driver.errors import Conflict, DriverError, Unsupported
 
@@ -32,6 +33,10 @@ IFLA_INET_CONF = 1
 IPV4_DEVCONF_ROUTE_LOCALNET = 26  # include/uapi/linux/ip.h
 _MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
 _UNSUPPORTED_KIND = (errno.EOPNOTSUPP, errno.ENOTSUP)
+_GONE = (errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL)
+# Destinations whose route the kernel is asked for, to learn the default route's source
+# address and device: RTM_GETROUTE only looks the route up, no packet is sent.
+_PROBE = {False: "1.1.1.1", True: "2001:db8::1"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,47 @@ class Link:
     mac: str
     up: bool
     link: int | None = None  # parent index of macvlan/vlan devices
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    """What ``add_vxlan`` sets, as the kernel reports it (for the adopt-if-compatible check)."""
+
+    vni: int
+    local: str | None
+    port: int
+    link: int | None  # underlay device index, None when not bound to one
+    learning: bool
+    proxy: bool
+    mtu: int
+
+
+def _vxlan_info(msg: Any) -> VxlanInfo | None:
+    info = msg.get("IFLA_LINKINFO")
+    if not info or info.get("IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = info.get("IFLA_INFO_DATA")
+    local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+    return VxlanInfo(
+        vni=data.get("IFLA_VXLAN_ID"),
+        local=str(ipaddress.ip_address(local)) if local else None,
+        port=data.get("IFLA_VXLAN_PORT"),
+        link=data.get("IFLA_VXLAN_LINK") or None,
+        learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+        proxy=bool(data.get("IFLA_VXLAN_PROXY")),
+        mtu=msg.get("mtu"),
+    )
+
+
+def _unicast(mac: str | None) -> bool:
+    if not mac or mac == "00:00:00:00:00:00":
+        return False
+    return not int(mac[:2], 16) & 1  # the group bit marks broadcast and multicast
+
+
+def _ip(text: str) -> str:
+    """Canonical text of an address, so IPv6 compares and keys the way the kernel prints it."""
+    return str(ipaddress.ip_address(text))
 
 
 def _link(msg: Any) -> Link:
@@ -206,6 +252,148 @@ class Netlink:
             raise _fail(f"delete link {name}", err) from None
         return True
 
+    # -- VXLAN overlay ------------------------------------------------------------
+    def vxlan(self, name: str) -> VxlanInfo | None:
+        """The vxlan device ``name``; None if there is no link of that name or it is not a vxlan."""
+        try:
+            msgs = self.ipr.link("get", ifname=name)
+        except NetlinkError as err:
+            if err.code == errno.ENODEV:
+                return None
+            raise _fail(f"look up link {name}", err) from None
+        return _vxlan_info(msgs[0]) if msgs else None
+
+    def add_vxlan(
+        self, name: str, vni: int, local: str, port: int, *, mtu: int, mac: str, dev: str | None = None
+    ) -> None:
+        """Static VXLAN device: no learning, proxy ARP/ND, explicit dstport, VTEP ``local``.
+
+        An existing device with the same VNI, local address and port (and underlay ``dev``
+        when given) is kept as it is; any other link of that name raises ``Conflict``.
+        """
+        link = self.index(dev) if dev else None
+        if self._keep_vxlan(name, vni, _ip(local), port, link):
+            return
+        v6 = ipaddress.ip_address(local).version == 6
+        # The kernel gives a vxlan device the family of its default remote, IPv4 unless
+        # told otherwise, and refuses FDB rows of the other family (EAFNOSUPPORT). Group
+        # "::" makes it IPv6 without a real default destination (moby and iproute2 do the
+        # same); newer kernels infer it from local6, older ones need it.
+        addr: dict[str, Any] = {"vxlan_local6": local, "vxlan_group6": "::"} if v6 else {"vxlan_local": local}
+        if link is not None:
+            addr["vxlan_link"] = link
+        self._call(
+            f"create vxlan {name} (VNI {vni}, local {local}, port {port})",
+            self.ipr.link,
+            "add",
+            ifname=name,
+            kind="vxlan",
+            vxlan_id=vni,
+            vxlan_port=port,
+            vxlan_learning=0,  # the FDB is programmed; a learned row would mask a missing one
+            vxlan_proxy=1,  # answer ARP/NS from the device's own neighbour table
+            mtu=mtu,
+            address=mac,
+            **addr,
+        )
+
+    def _keep_vxlan(self, name: str, vni: int, local: str, port: int, link: int | None) -> bool:
+        """True if ``name`` is already the vxlan asked for; Conflict if it is something else."""
+        existing = self.link(name)
+        if existing is None:
+            return False
+        info = self.vxlan(name)
+        if info is None:
+            raise Conflict(f"link {name} exists and is a {existing.kind or 'device'}, not a vxlan")
+        wanted = {"VNI": (info.vni, vni), "local": (info.local, local), "port": (info.port, port)}
+        if link is not None:
+            wanted["underlay device"] = (info.link, link)
+        diff = [f"{what} {have} (wanted {want})" for what, (have, want) in wanted.items() if have != want]
+        if diff:
+            raise Conflict(f"vxlan {name} exists with " + ", ".join(diff))
+        return True
+
+    # -- forwarding database and neighbours of a vxlan device ------------------------
+    def fdb_replace(self, dev: str, mac: str, dst: str) -> None:
+        """``bridge fdb replace MAC dev DEV dst DST self permanent``: one row per MAC."""
+        # pyroute2 fills in NTF_SELF and NUD_PERMANENT|NUD_NOARP for add/append/del only;
+        # a "replace" without them is sent to the (absent) master and fails EOPNOTSUPP.
+        self._call(
+            f"set FDB entry {mac} -> {dst} on {dev}",
+            self.ipr.fdb,
+            "replace",
+            ifindex=self.index(dev),
+            lladdr=mac,
+            dst=dst,
+            flags=NTF_SELF,
+            state=NUD_PERMANENT | NUD_NOARP,
+        )
+
+    def fdb_delete(self, dev: str, mac: str, bridge: str | None = None) -> None:
+        """Delete the device's own row for ``mac`` and, if ``dev`` is a port of ``bridge``, the
+        row the bridge learned for it there, so no stale learned row outlives the static one.
+        Missing rows (or a missing ``dev``) are not errors."""
+        link = self.link(dev)
+        if link is None:
+            return
+        self._fdb_del(link.index, mac, NTF_SELF, f"delete FDB entry {mac} on {dev}")
+        br = self.link(bridge) if bridge is not None else None
+        if br is not None and link.master == br.index:
+            # The kernel deletes a master row only if it is on this port: a MAC that
+            # moved to a local port (a container now on this host) is left alone.
+            self._fdb_del(link.index, mac, NTF_MASTER, f"delete {bridge}'s FDB entry {mac} on {dev}")
+
+    def _fdb_del(self, index: int, mac: str, flags: int, action: str) -> None:
+        try:
+            self.ipr.fdb("del", ifindex=index, lladdr=mac, flags=flags)
+        except NetlinkError as err:
+            if err.code not in _GONE:
+                raise _fail(action, err) from None
+
+    def fdb_entries(self, dev: str) -> dict[str, str]:
+        """MAC -> destination of ``dev``'s own permanent unicast rows."""
+        idx = self.index(dev)
+        rows = self._call(f"list FDB of {dev}", self.ipr.fdb, "dump")
+        return {
+            r.get("NDA_LLADDR"): _ip(r.get("NDA_DST"))
+            for r in rows
+            if r["ifindex"] == idx and r["flags"] & NTF_SELF and r["state"] & NUD_PERMANENT
+            and r.get("NDA_DST") and _unicast(r.get("NDA_LLADDR"))
+        }
+
+    def neigh_replace(self, dev: str, ip: str, mac: str) -> None:
+        """Permanent neighbour ``ip`` -> ``mac`` (IPv4 or IPv6) on ``dev``, replacing any other."""
+        self._call(
+            f"set neighbour {ip} -> {mac} on {dev}",
+            self.ipr.neigh,
+            "replace",
+            ifindex=self.index(dev),
+            dst=ip,
+            lladdr=mac,
+            state=NUD_PERMANENT,
+        )
+
+    def neigh_delete(self, dev: str, ip: str) -> None:
+        """Delete neighbour ``ip`` on ``dev``; a missing entry or device is not an error."""
+        link = self.link(dev)
+        if link is None:
+            return
+        try:
+            self.ipr.neigh("del", ifindex=link.index, dst=ip)
+        except NetlinkError as err:
+            if err.code not in _GONE:
+                raise _fail(f"delete neighbour {ip} on {dev}", err) from None
+
+    def neigh_entries(self, dev: str) -> dict[str, str]:
+        """IP -> MAC of ``dev``'s permanent neighbours, IPv4 and IPv6."""
+        idx = self.index(dev)
+        rows = self._call(f"list neighbours of {dev}", self.ipr.neigh, "dump", ifindex=idx)
+        return {
+            _ip(n.get("NDA_DST")): n.get("NDA_LLADDR")
+            for n in rows
+            if n["ifindex"] == idx and n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR")
+        }
+
     # -- addresses and routes ---------------------------------------------------
     def addresses(self, name: str) -> set[str]:
         idx = self.index(name)
@@ -246,6 +434,41 @@ class Netlink:
             if dst and plen:
                 nets.append(ipaddress.ip_network(f"{dst}/{plen}", strict=False))
         return nets
+
+    def link_of_address(self, ip: str) -> Link | None:
+        """The link holding the local address ``ip`` in this namespace, or None."""
+        want = ipaddress.ip_address(ip)
+        family = socket.AF_INET6 if want.version == 6 else socket.AF_INET
+        for m in self._call("list addresses", self.ipr.get_addr, family=family):
+            # IFA_LOCAL is the local end of an IPv4 address (IFA_ADDRESS is the peer on
+            # point-to-point links); IPv6 has only IFA_ADDRESS.
+            local = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
+            if local and ipaddress.ip_address(local) == want:
+                return self._link_by_index(m["index"])
+        return None
+
+    def default_route_source(self, v6: bool = False) -> tuple[str, Link] | None:
+        """Source address and device the kernel would use for a public destination, i.e.
+        those of the default route; None when there is none (or it gives no source)."""
+        try:
+            msgs = self.ipr.route("get", dst=_PROBE[v6])
+        except NetlinkError as err:
+            # no route at all, or an unreachable/prohibit default
+            if err.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES):
+                return None
+            raise _fail(f"look up the IPv{6 if v6 else 4} default route", err) from None
+        src, oif = (msgs[0].get("RTA_PREFSRC"), msgs[0].get("RTA_OIF")) if msgs else (None, None)
+        link = self._link_by_index(oif) if oif else None
+        return (_ip(src), link) if src and link else None
+
+    def _link_by_index(self, index: int) -> Link | None:
+        try:
+            msgs = self.ipr.link("get", index=index)
+        except NetlinkError as err:
+            if err.code == errno.ENODEV:
+                return None
+            raise _fail(f"look up link #{index}", err) from None
+        return _link(msgs[0]) if msgs else None
 
 
 def write_sysctl(path: str, value: str) -> None:

@@ -1,0 +1,141 @@
+"""Run ``driver.netlink.adapter.Netlink`` calls inside a test namespace, and measure what crossed.
+
+The adapter acts on the caller's own namespace, so each batch of calls runs in a short-lived
+Python started with ``nsenter --net=<ns>``; results come back as JSON (dataclasses as dicts).
+One process per batch: starting Python and importing pyroute2 costs ~0.35 s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.lab import Netns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_RUNNER = r"""
+import dataclasses, json, sys
+sys.path.insert(0, sys.argv[1])
+from driver.errors import DriverError
+from driver.netlink.adapter import Netlink
+
+def enc(v):
+    if dataclasses.is_dataclass(v):
+        return dataclasses.asdict(v)
+    if isinstance(v, (tuple, list)):
+        return [enc(x) for x in v]
+    return v
+
+nl, out = Netlink(), []
+for method, args, kwargs in json.load(sys.stdin):
+    try:
+        out.append({"ok": enc(getattr(nl, method)(*args, **kwargs))})
+    except DriverError as err:
+        out.append({"error": type(err).__name__, "message": err.message})
+        break
+nl.close()
+json.dump(out, sys.stdout)
+"""
+
+# An ICMP echo with the IPv4 DF bit forced (IP_PMTUDISC_DO), like iputils' ``ping -M do``:
+# busybox ping has no -M, and its default (PMTUDISC_WANT) fragments an oversized echo locally.
+# Exit 0 on a reply within 1 s, 1 on none, 2 if the kernel refuses to send it unfragmented.
+_DF_PING = r"""
+import os, socket, struct, sys, time
+dst, size = sys.argv[1], int(sys.argv[2])
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+def csum(b):
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b + b"\0" * (len(b) % 2)))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+ident = os.getpid() & 0xFFFF
+body = bytes(size)
+pkt = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + body
+pkt = pkt[:2] + struct.pack("!H", csum(pkt)) + pkt[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+try:
+    s.sendto(pkt, (dst, 0))
+except OSError as err:
+    print(err, file=sys.stderr)
+    sys.exit(2)
+deadline = time.monotonic() + 1
+while (left := deadline - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        data, _ = s.recvfrom(65535)
+    except TimeoutError:
+        break
+    icmp = data[(data[0] & 0xF) * 4:]
+    if icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+        sys.exit(0)
+sys.exit(1)
+"""
+
+
+class RemoteError(Exception):
+    """A ``DriverError`` raised by the adapter inside the namespace."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+def call(method: str, *args: Any, **kwargs: Any) -> Call:
+    return (method, args, kwargs)
+
+
+class Remote:
+    """``Netlink()`` of another namespace: ``Remote(ns).fdb_entries("vx0")``, or a batch."""
+
+    def __init__(self, ns: Netns) -> None:
+        self.ns = ns
+
+    def batch(self, *calls: Call) -> list[Any]:
+        """Run calls in order in one process; the first DriverError stops it and is raised."""
+        proc = self.ns.run(sys.executable, "-c", _RUNNER, str(ROOT), input=json.dumps(calls))
+        results: list[dict[str, Any]] = json.loads(proc.stdout)
+        for r in results:
+            if "error" in r:
+                raise RemoteError(r["error"], r["message"])
+        return [r["ok"] for r in results]
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.batch(call(method, *args, **kwargs))[0]
+
+
+def ping(ns: Netns, address: str) -> bool:
+    """One busybox echo, one second to answer."""
+    six = ["-6"] if ":" in address else []
+    return ns.run("/bin/busybox", "ping", *six, "-c", "1", "-W", "1", address, check=False).returncode == 0
+
+
+def ping_ok(ns: Netns, address: str, tries: int = 3) -> bool:
+    """Positive check, polled: a first echo may race a link or route that just came up."""
+    return any(ping(ns, address) for _ in range(tries))
+
+
+def df_ping(ns: Netns, address: str, size: int) -> int:
+    """0 = answered, 1 = no answer, 2 = refused locally (larger than the path MTU, DF set)."""
+    return ns.run(sys.executable, "-c", _DF_PING, address, str(size), check=False).returncode
+
+
+def link_stats(ns: Netns, ifname: str) -> dict[str, dict[str, int]]:
+    stats: dict[str, dict[str, int]] = ns.ip_json("-s", "link", "show", ifname)[0]["stats64"]
+    return stats
+
+
+def snmp(ns: Netns, proto: str) -> dict[str, int]:
+    """One protocol's counters from /proc/net/snmp, which follows the reader's netns."""
+    header, values = (line.split()[1:] for line in ns.run("cat", "/proc/net/snmp").stdout.splitlines()
+                      if line.startswith(f"{proto}:"))
+    return dict(zip(header, map(int, values), strict=True))
