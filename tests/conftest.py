@@ -6,7 +6,7 @@ import pytest
 
 from tests.plugin import Plugin, plugin_fixture, start_plugin, stop_plugin
 
-NEEDS_ROOT = ("protocol", "netns", "e2e")
+NEEDS_ROOT = ("protocol", "netns", "e2e", "cluster")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

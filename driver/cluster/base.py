@@ -22,7 +22,8 @@ Rules every implementation honours (etcd's, see reference OVERLAY.md §4):
 * **Watch with resume.** ``watch(prefix, start_revision)`` yields batches of ``Event``s
   in revision order, from ``start_revision`` on. After ``range`` at revision R, a watch
   from R + 1 misses nothing. If ``start_revision`` was compacted away it raises
-  ``Compacted`` (never silently skips); the caller re-lists. A broken stream raises
+  ``Compacted`` (never silently skips), from ``watch`` or, when the store only learns it
+  from the stream, from iteration; the caller re-lists. A broken stream raises
   ``StoreUnavailable``. A quiet watch yields empty batches (progress notifications)
   whose revision keeps the resume point current.
 """
@@ -42,6 +43,11 @@ class StoreUnavailable(Unavailable):
 
 class Indeterminate(StoreUnavailable):
     """A write ran out of time: it may or may not have committed."""
+
+
+class LeaseNotFound(StoreUnavailable):
+    """A write named a lease that no longer exists (expired or revoked); nothing was
+    written. The holder grants a new lease and rewrites its keys."""
 
 
 class Compacted(Exception):
