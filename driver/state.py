@@ -25,8 +25,20 @@ class Record(BaseModel):
 
 class SubnetRecord(Record):
     pool: str
+    space: str = ""  # the IPAM's address space: tells whose IPAM gave the pool
     gateway: str | None = None  # CIDR, prefix of the pool (as dockerd sends it)
     aux: dict[str, str] = Field(default_factory=dict)
+
+
+class OverlayFacts(Record):
+    """An overlay network's cluster facts, kept locally so the data plane can be rebuilt
+    (after a reboot, a restart) while etcd is unreachable."""
+
+    vni: int
+    mtu: int
+    gateway_mac: str
+    vtep: str  # this host's tunnel address when the network was created
+    port: int
 
 
 class NetworkRecord(Record):
@@ -37,6 +49,7 @@ class NetworkRecord(Record):
     ipv6: list[SubnetRecord] = Field(default_factory=list)
     # False when the bridge/parent existed before us: we adopt it but never delete it.
     owns_device: bool = True
+    overlay: OverlayFacts | None = None  # mode=overlay, once joined
 
 
 class PortBinding(Record):
@@ -69,6 +82,9 @@ class PoolRecord(Record):
     subpool: str | None = None
     v6: bool = False
     options: dict[str, str] = Field(default_factory=dict)
+    # Set when an overlay network takes the pool: its addresses are then unique across
+    # the cluster (claimed in etcd), not only on this host.
+    overlay: str | None = None
 
 
 class LegacyPoolRecord(PoolRecord):

@@ -16,7 +16,7 @@ addresses and the holes below the highest one picked, never to the pool's size: 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 # Stale heap entries (holes taken explicitly, or swallowed by ``_next`` dropping back)
 # tolerated before the heap is rebuilt from ``_holes``.
@@ -38,6 +38,9 @@ class AddressIndex:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(set(self._held))
 
     def lowest(self) -> int | None:
         """The lowest free address of ``lo..hi`` (not taken yet), or None when none is left."""

@@ -105,6 +105,17 @@ class IpamService:
         if rec is not None:
             self.addresses.release(rec, addr)
 
+    def adopt(self, pool_id: str, overlay: str) -> PoolRecord:
+        """Make a pool an overlay's: from now on its addresses are claimed cluster-wide.
+
+        dockerd asks for the pool (and its gateway) before CreateNetwork says the network
+        is an overlay, so a pool only becomes a cluster pool there."""
+        rec = self._pool(pool_id)
+        if rec.overlay != overlay:
+            rec.overlay = overlay
+            self.repo.put_pool(rec)
+        return rec
+
     def _pool(self, pool_id: str) -> PoolRecord:
         rec = self.repo.pool(pool_id)
         if rec is None:

@@ -6,14 +6,14 @@ import ipaddress
 
 from driver.firewall.rules import PROTOCOLS, BridgeRules, Published
 from driver.network import ports
-from driver.network.modes.bridge import bridge_name
+from driver.network.modes.bridge import BRIDGED_MODES, bridge_name
 from driver.state import EndpointRecord, NetworkRecord
 
 
 def bridge_rules(nets: list[NetworkRecord], endpoints: list[EndpointRecord], v6: bool) -> list[BridgeRules]:
     out = []
     for net in nets:
-        if net.config.mode != "bridge" or (v6 and not net.config.enable_ipv6):
+        if net.config.mode not in BRIDGED_MODES or (v6 and not net.config.enable_ipv6):
             continue
         cfg = net.config
         out.append(BridgeRules(

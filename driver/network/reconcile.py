@@ -16,12 +16,13 @@ import logging
 import re
 
 from driver.netlink.adapter import Netlink
+from driver.network.modes import Restores
 from driver.network.service import NetworkService
 
 log = logging.getLogger(__name__)
 
 # Only names pyoverlay generates are ever collected; an admin's links never match.
-_OWN_NAME = re.compile(r"^(po[hcm][0-9a-f]{12}|po-[0-9a-f]{12})$")
+_OWN_NAME = re.compile(r"^(po[hcmv][0-9a-f]{12}|po-[0-9a-f]{12})$")
 
 
 def reconcile(service: NetworkService, nl: Netlink) -> None:
@@ -44,6 +45,8 @@ def reconcile(service: NetworkService, nl: Netlink) -> None:
             log.info("endpoint %s: its interface is gone, forgetting it", ep.id[:12])
             mode.delete_endpoint(owner, ep)
             repo.delete_endpoint(ep.id)
+        elif isinstance(mode, Restores):
+            mode.restore_endpoint(owner, ep)
     _collect_orphans(service, nl)
     service.sync_firewall()
 

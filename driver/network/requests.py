@@ -50,7 +50,7 @@ def _subnet(field: str, i: int, data: models.IPAMData, v6: bool) -> SubnetRecord
             raise InvalidRequest(f"{where}.Gateway: {gw} is outside pool {pool}")
         gateway = f"{gw}/{pool.prefixlen}"
     aux = {k: str(parse_address(f"{where}.AuxAddresses.{k}", v)) for k, v in data.AuxAddresses.items()}
-    return SubnetRecord(pool=str(pool), gateway=gateway, aux=aux)
+    return SubnetRecord(pool=str(pool), space=data.AddressSpace, gateway=gateway, aux=aux)
 
 
 def endpoint_address(field: str, value: str, subnets: list[SubnetRecord]) -> str | None:

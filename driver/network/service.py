@@ -19,6 +19,7 @@ from driver.network import ports
 from driver.network.firewall_view import bridge_rules
 from driver.network.mac import check_mac, mac_for
 from driver.network.modes import JoinInfo, Mode
+from driver.network.modes.bridge import BRIDGED_MODES
 from driver.network.requests import endpoint_address, gateway_for, network_record
 from driver.network.steps import Steps
 from driver.state import EndpointRecord, NetworkRecord, PortBinding, Repo
@@ -150,7 +151,7 @@ class NetworkService:
         net = self._network(ep.network_id)
         binding = net.config.host_binding_ipv4
         wanted = [ports.default_host_ip(b, binding) for b in ports.parse_portmap(req.Options.get(ports.PORTMAP))]
-        if net.config.mode != "bridge" or net.config.internal:
+        if net.config.mode not in BRIDGED_MODES or net.config.internal:
             if wanted:
                 log.warning("endpoint %s: ports are not published on %s networks", ep.id[:12], self.kind(net))
             return

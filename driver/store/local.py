@@ -68,7 +68,8 @@ class LocalStore:
 
     def list(self, kind: str) -> dict[str, bytes]:
         prefix = kind + "/"
-        return {k: v for k, v in self._cache.items() if k.startswith(prefix)}
+        # A snapshot first (one C-level copy): background threads read while the worker writes.
+        return {k: v for k, v in list(self._cache.items()) if k.startswith(prefix)}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -158,7 +158,8 @@ def test_pool_records_of_the_old_shape_are_migrated(tmp_path: Path) -> None:
     ipam = local(tmp_path)
     pool_id = "PyoverlayLocal/10.1.0.0/24"
     assert json.loads(ipam.repo.store.get("pool/PyoverlayLocal%2F10.1.0.0%2F24") or b"") == {
-        "id": pool_id, "space": LOCAL_SPACE, "pool": "10.1.0.0/24", "subpool": None, "v6": False, "options": {"k": "v"}}
+        "id": pool_id, "space": LOCAL_SPACE, "pool": "10.1.0.0/24", "subpool": None, "v6": False, "options": {"k": "v"},
+        "overlay": None}
     assert {(r.address, r.purpose) for r in ipam.repo.addresses(pool_id)} == {
         ("10.1.0.1", "gateway"), ("10.1.0.2", "legacy"), ("10.1.0.7", "legacy")}
     with pytest.raises(Conflict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from driver.network.steps import Steps
 from driver.state import EndpointRecord, NetworkRecord
@@ -55,3 +55,10 @@ class Mode(Protocol):
 
     def device_names(self, net: NetworkRecord) -> set[str]:
         """Links this network owns in the driver's namespace (for orphan collection)."""
+
+
+@runtime_checkable
+class Restores(Protocol):
+    """A mode with in-memory state about endpoints, rebuilt at start for the survivors."""
+
+    def restore_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None: ...

@@ -20,6 +20,8 @@ from driver.state import EndpointRecord, NetworkRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_MTU = 1500
+# Modes whose networks are a bridge of ours, with bridge mode's firewall rules.
+BRIDGED_MODES = ("bridge", "overlay")
 
 
 def bridge_name(net: NetworkRecord) -> str:
@@ -57,6 +59,9 @@ class BridgeMode:
     def mtu(self, net: NetworkRecord) -> int:
         return net.config.mtu or DEFAULT_MTU
 
+    def bridge_mac(self, net: NetworkRecord) -> str:
+        return random_mac()
+
     def check_coexistence(self, net: NetworkRecord, other: NetworkRecord) -> None:
         if bridge_name(other) == bridge_name(net):
             raise Conflict(
@@ -81,7 +86,7 @@ class BridgeMode:
         if net.owns_device:
             steps.run(
                 f"create bridge {name}",
-                lambda: self.nl.add_bridge(name, self.mtu(net), random_mac()),
+                lambda: self.nl.add_bridge(name, self.mtu(net), self.bridge_mac(net)),
                 lambda: self.nl.delete(name),
             )
         else:
@@ -109,7 +114,7 @@ class BridgeMode:
         name = bridge_name(net)
         if self.nl.link(name) is None:
             log.info("network %s: bridge %s is missing, recreating it", net.id[:12], name)
-            self.nl.add_bridge(name, self.mtu(net), random_mac())
+            self.nl.add_bridge(name, self.mtu(net), self.bridge_mac(net))
         with Steps(f"ensure network {net.id[:12]}") as steps:
             self._configure(net, name, steps)
 

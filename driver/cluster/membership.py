@@ -1,0 +1,203 @@
+"""This host in the cluster: its lease, and etcd kept in agreement with its local state.
+
+The local store is the truth about what this host has (its overlay networks and their
+endpoints); etcd holds a copy others read. ``LocalView`` is that truth in memory, kept by
+the worker, which updates it *before* adding anything to etcd. ``HostSync`` then makes
+etcd agree, in the background, and so repairs whatever a request could not finish: a
+delete that found etcd down, a write that timed out (and may or may not have
+committed), a lease that expired during an outage (every key on it is gone: a new lease
+and a rewrite bring this host's endpoints back to its peers).
+
+Reading etcd before the local view, and deleting only on an unchanged revision, keeps
+this from racing the worker: a key the worker adds after the read is never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from driver.cluster.base import ClusterStore, Entry, StoreUnavailable
+from driver.cluster.registry import HostRecord, PeerRecord, Registry
+
+log = logging.getLogger(__name__)
+
+
+class LocalView:
+    """What this host has, for the background threads: overlays and endpoint records."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._overlays: set[str] = set()
+        self._peers: dict[str, PeerRecord] = {}  # peer key → record
+
+    def add_overlay(self, name: str) -> None:
+        with self._lock:
+            self._overlays.add(name)
+
+    def remove_overlay(self, name: str) -> None:
+        with self._lock:
+            self._overlays.discard(name)
+            self._peers = {k: v for k, v in self._peers.items() if not k.startswith(f"peers/{name}/")}
+
+    def add_peer(self, key: str, rec: PeerRecord) -> None:
+        with self._lock:
+            self._peers[key] = rec
+
+    def remove_peer(self, key: str) -> None:
+        with self._lock:
+            self._peers.pop(key, None)
+
+    def snapshot(self) -> tuple[set[str], dict[str, PeerRecord]]:
+        with self._lock:
+            return set(self._overlays), dict(self._peers)
+
+
+class HostLease:
+    """The lease this host's liveness facts hang on, renewed at a third of its TTL."""
+
+    def __init__(self, store: ClusterStore, ttl: int) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._lease = 0
+        self._lock = threading.Lock()
+
+    def current(self) -> int:
+        """The lease to write with; raises StoreUnavailable until one is granted."""
+        with self._lock:
+            lease = self._lease
+        if not lease:
+            raise StoreUnavailable("etcd: this host holds no lease yet (is etcd reachable?)")
+        return lease
+
+    def renew(self) -> bool:
+        """Keep the lease alive, or grant a new one; True when the lease is new (its keys,
+        if any, are gone and must be rewritten)."""
+        with self._lock:
+            lease = self._lease
+        if lease and self.store.keepalive(lease) > 0:
+            return False
+        if lease:
+            log.warning("the host lease %x expired (etcd unreachable for over %ss?); taking a new one", lease, self.ttl)
+        new = self.store.grant(self.ttl)
+        with self._lock:
+            self._lease = new
+        return True
+
+    def revoke(self) -> None:
+        with self._lock:
+            lease, self._lease = self._lease, 0
+        if lease:
+            self.store.revoke(lease)
+
+
+class HostSync:
+    """One thread: renews the lease and, on every change or every ``resync_every``
+    seconds, makes etcd agree with the local view."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        lease: HostLease,
+        view: LocalView,
+        vtep: str,
+        *,
+        on_stale_membership: Callable[[str], None] | None = None,
+        resync_every: float = 30.0,
+    ) -> None:
+        # More of this host's state to bring into etcd on each pass (the addresses).
+        self.tasks: list[Callable[[], None]] = []
+        self.registry = registry
+        self.lease = lease
+        self.view = view
+        self.vtep = vtep
+        self.resync_every = resync_every
+        self.on_stale_membership = on_stale_membership
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.synced = threading.Event()  # set after each complete pass (tests, status)
+        # Set once the local view is complete (after the start-up reconciliation): a
+        # pass before that would withdraw every endpoint this host still has.
+        self.ready = threading.Event()
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="pyoverlay-host-sync", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Something local changed that etcd may not have taken: sync soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        # Renewing at a third of the TTL leaves two renewals' worth of slack for a slow
+        # etcd (a leader election takes 1-3 s) before the lease, and our peers' view of
+        # this host's endpoints, would lapse.
+        interval = max(1.0, self.lease.ttl / 3)
+        due = 0.0
+        while not self.ready.wait(0.5):
+            if self._stop.is_set():
+                return
+        while not self._stop.is_set():
+            try:
+                fresh = self.lease.renew()
+                if fresh or self._wake.is_set() or time.monotonic() >= due:
+                    self._wake.clear()
+                    self.sync(rewrite=fresh)
+                    due = time.monotonic() + self.resync_every
+                self.last_error = None
+            except StoreUnavailable as err:
+                self.last_error = str(err)
+                log.warning("cluster sync: %s", err)
+            except Exception as err:
+                self.last_error = f"{type(err).__name__}: {err}"
+                log.exception("cluster sync failed")
+            self._wake.wait(interval)
+
+    def sync(self, rewrite: bool = False) -> None:
+        lease = self.lease.current()
+        self.registry.put_host(HostRecord(vtep=self.vtep, hostname=socket.gethostname()), lease)
+        members = self.registry.memberships()
+        published = self._published(set(members))
+        overlays, peers = self.view.snapshot()  # after the etcd reads, see the module doc
+        for name in members.keys() - overlays:
+            self._leave(name)
+        store = self.registry.store
+        for key, entry in published.items():
+            if key not in peers:
+                log.info("withdrawing stale endpoint record %s", key)
+                store.delete(key, mod_revision=entry.mod_revision)
+        for key, rec in peers.items():
+            have = published.get(key)
+            if rewrite or have is None or have.lease != lease or have.value != rec.model_dump_json().encode():
+                name, _, endpoint = key.split("/")[1:]
+                self.registry.publish(name, endpoint, rec, lease)
+        for name in overlays - members.keys():
+            log.warning("overlay %s: this host has it but is no member in etcd (cluster state lost?)", name)
+        for task in self.tasks:
+            task()
+        self.synced.set()
+
+    def _published(self, names: set[str]) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        overlays, _ = self.view.snapshot()
+        for name in names | overlays:
+            entries, _ = self.registry.store.range(f"peers/{name}/{self.registry.host}/")
+            found.update(entries)
+        return found
+
+    def _leave(self, name: str) -> None:
+        log.warning("overlay %s: this host is a member in etcd but has no such network; leaving it", name)
+        self.registry.leave(name)
+        if self.on_stale_membership is not None:
+            self.on_stale_membership(name)
