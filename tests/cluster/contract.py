@@ -212,7 +212,7 @@ class ClusterContract:
         s = h.store
         lease = s.grant(2)
         s.create("l/kept", b"v", lease=lease)
-        for _ in range(7):  # 3.5 s: well past the TTL
+        for _ in range(5):  # 2.5 s: past the TTL
             h.pass_time(0.5)
             assert s.keepalive(lease) > 0
             assert s.get("l/kept") is not None

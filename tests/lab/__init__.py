@@ -6,6 +6,7 @@ Nothing touches the host's network namespace; see /work/shared/reference/LAB.md.
 from .assets import build_busybox_tar, ensure_sid_tar
 from .driver import DriverProcess, driver_available
 from .engine import DOCKER_CLIS, ENGINE_KINDS, Engine
+from .etcd import EtcdCluster
 from .inspection import Link, iptables_save, links, mounts_under, netns_list
 from .lab import Lab, LabSession
 from .netns import Netns, add_bridge, link_veth
@@ -19,6 +20,7 @@ __all__ = [
     "PLUGIN_NAME",
     "DriverProcess",
     "Engine",
+    "EtcdCluster",
     "Lab",
     "LabError",
     "LabSession",
