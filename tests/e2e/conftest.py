@@ -10,11 +10,18 @@ its tests run once per kind:
 
     def test_z(clean_engine): ...   # containers/networks/volumes removed after the test
 
+    def test_w(multihost): ...      # 3 hosts (20.10, 28.5, 20.10) + etcd + outside (tests/lab/multihost.py)
+    def test_v(clean_multihost): ...  # the same, docker objects removed on every host after the test
+
 Module options (all optional), e.g. an engine without the driver:
 
     pytestmark = pytest.mark.lab(driver=False, kinds=("28.5",), live_restore=True,
                                  engine_args=["--debug"], daemon_config={"ipv6": True},
                                  driver_args=["--foo"])
+
+and for `multihost` (see that fixture):
+
+    pytestmark = pytest.mark.multihost(driver_args=overlay_driver_args, live_restore=True)
 
 `PYOVERLAY_E2E_ENGINES=20.10` (comma list) limits the kinds for a whole run;
 `PYOVERLAY_E2E_DRIVER="pyoverlay"` replaces the driver command;
@@ -46,9 +53,11 @@ from tests.lab import (  # noqa: E402 - needs the sys.path entry above
     LabError,
     LabSession,
     Lan,
+    MultiHost,
     Outside,
     driver_available,
 )
+from tests.lab.multihost import DEFAULT_KINDS  # noqa: E402
 from tests.lab.proc import tail  # noqa: E402
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -72,6 +81,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "lab(driver=True, kinds=None, live_restore=False, engine_args=(), daemon_config=None, driver_args=()): "
         "options for the module's e2e engine (tests/e2e/conftest.py)",
     )
+    config.addinivalue_line(
+        "markers",
+        "multihost(driver_args=None, driver=True, live_restore=False, engine_args=(), daemon_config=None): "
+        "options for the module's multi-host lab (tests/e2e/conftest.py)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -94,6 +108,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.sections.append((f"dockerd {host.kind} log tail", tail(host.engine.log_path, 60)))
         if host.driver is not None:
             report.sections.append(("driver log tail", tail(host.driver.log_path, 60)))
+    mh = getattr(item, "funcargs", {}).get("multihost")
+    if report.failed and isinstance(mh, MultiHost):
+        report.sections += mh.log_tails(30)
     return report
 
 
@@ -215,3 +232,70 @@ def outside(host: Host) -> Outside:
 def lan(host: Host) -> Lan:
     """LAN 198.51.100.0/24 behind engine link lan0 (macvlan parent): router .1, LAN host .10."""
     return host.lab.lan(host.engine)
+
+
+# ------------------------------------------------------------------ multi-host
+def _multihost_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "driver_args": None,
+        "driver": True,
+        "live_restore": False,
+        "engine_args": (),
+        "daemon_config": None,
+    }
+    marker = request.node.get_closest_marker("multihost")
+    if marker is not None:
+        unknown = set(marker.kwargs) - set(opts)
+        if unknown:
+            raise pytest.UsageError(f"unknown multihost() options {sorted(unknown)}")
+        opts.update(marker.kwargs)
+    return opts
+
+
+def multihost_kinds() -> tuple[str, ...]:
+    """The fixed mix (h1 20.10, h2 28.5, h3 20.10); a kind excluded by PYOVERLAY_E2E_ENGINES becomes the other."""
+    if set(DEFAULT_KINDS) <= set(SELECTED_KINDS):
+        return DEFAULT_KINDS
+    return tuple(SELECTED_KINDS[0] for _ in DEFAULT_KINDS)
+
+
+@pytest.fixture(scope="module")
+def multihost(lab_session: LabSession, request: pytest.FixtureRequest) -> Iterator[MultiHost]:
+    """A fresh 3-host lab per module: underlay 10.99.0.0/24 (MTU 1400), hosts h1-h3 at .11-.13
+    (drivers started before their engines), etcd at .21-.23, outside host .100.
+
+    Options: `pytest.mark.multihost(driver_args=...)` with a dict host name → args or a
+    callable HostNode → args (e.g. `tests.lab.overlay_driver_args`).
+    """
+    opts = _multihost_options(request)
+    if opts["driver"] and not driver_available():
+        pytest.skip("driver/cli.py does not exist yet")
+    kinds = multihost_kinds()
+    if "28.5" in kinds:
+        try:
+            lab_session.sid_rootfs()
+        except LabError as e:
+            pytest.skip(f"no dockerd 28.5 rootfs: {e}")
+    mh = MultiHost(
+        lab_session,
+        kinds=kinds,
+        driver_args=opts["driver_args"],
+        with_driver=opts["driver"],
+        live_restore=opts["live_restore"],
+        engine_args=opts["engine_args"],
+        daemon_config=opts["daemon_config"],
+    )
+    try:
+        yield mh.start()
+    finally:
+        errors = mh.teardown()
+        left = mh.leftovers()
+        if errors or any(left.values()):
+            raise RuntimeError(f"multihost {mh.lab.label} teardown: errors={errors} leftovers={left}")
+
+
+@pytest.fixture
+def clean_multihost(multihost: MultiHost) -> Iterator[MultiHost]:
+    """The module's multi-host lab; after the test every host's containers, networks and volumes are gone."""
+    yield multihost
+    multihost.clean()
