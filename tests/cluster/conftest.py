@@ -59,11 +59,14 @@ def cluster_ns() -> Iterator[Netns]:
 
 
 @contextmanager
-def etcd_cluster(ns: Netns, client_port: int, peer_port: int) -> Iterator[EtcdCluster]:
-    """Three members on 127.0.0.1 of ``ns``; data on tmpfs (fsync on a shared disk
+def etcd_cluster(
+    ns: Netns, client_port: int, peer_port: int, size: int = 3, client_tls: tuple[Path, Path, Path] | None = None
+) -> Iterator[EtcdCluster]:
+    """``size`` members on 127.0.0.1 of ``ns``; data on tmpfs (fsync on a shared disk
     stalls heartbeats and causes elections nobody asked for)."""
     workdir = Path(tempfile.mkdtemp(prefix="po-etcd-", dir="/dev/shm"))
-    cluster = EtcdCluster([(ns, "127.0.0.1")] * 3, workdir, client_port, peer_port, name=f"po-e{next(_names)}-")
+    members = [(ns, "127.0.0.1")] * size
+    cluster = EtcdCluster(members, workdir, client_port, peer_port, name=f"po-e{next(_names)}-", client_tls=client_tls)
     try:
         with cluster:
             yield cluster

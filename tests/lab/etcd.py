@@ -48,9 +48,11 @@ class Member:
     paused: bool = False
     _log: IO[bytes] | None = None
 
+    tls: bool = False
+
     @property
     def client_url(self) -> str:
-        return f"http://{_host(self.ip)}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{_host(self.ip)}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -69,18 +71,22 @@ def _host(ip: str) -> str:
 
 
 class EtcdCluster:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - members, workdir, ports: the order callers already use
         self,
         members: list[tuple[Netns, str]],
         workdir: Path,
         client_port: int = 2379,
         peer_port: int = 2380,
         name: str = "po-etcd",
+        client_tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``client_tls``: (CA, certificate, key) files; clients then need https and a
+        certificate signed by that CA (peers stay plaintext)."""
         if not members:
             raise ValueError("an etcd cluster needs at least one member")
         self.workdir = workdir
         self.token = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+        self.client_tls = client_tls
         seen: Counter[tuple[str, str]] = Counter()
         self.members: list[Member] = []
         for i, (ns, ip) in enumerate(members):
@@ -95,6 +101,7 @@ class EtcdCluster:
                     peer_port=peer_port + offset,
                     data_dir=workdir / f"{name}{i}.data",
                     log_path=workdir / f"{name}{i}.log",
+                    tls=client_tls is not None,
                 )
             )
         self._initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -168,7 +175,7 @@ class EtcdCluster:
             return None
         proc = live[0].ns.run(
             "etcdctl", f"--endpoints={','.join(m.client_url for m in live)}", "--command-timeout=1s",
-            "endpoint", "status", "-w", "json", check=False, timeout=10.0,
+            *self._ctl_tls(), "endpoint", "status", "-w", "json", check=False, timeout=10.0,
         )  # fmt: skip
         try:
             status = json.loads(proc.stdout)
@@ -187,7 +194,7 @@ class EtcdCluster:
             return False
         proc = m.ns.run(
             "etcdctl", f"--endpoints={m.client_url}", "--dial-timeout=1s", "--command-timeout=1s",
-            "endpoint", "health", check=False, timeout=10.0,
+            *self._ctl_tls(), "endpoint", "health", check=False, timeout=10.0,
         )  # fmt: skip
         return proc.returncode == 0
 
@@ -209,7 +216,17 @@ class EtcdCluster:
                 time.sleep(0.1)
 
     # -- internals ----------------------------------------------------------------------------
+    def _ctl_tls(self) -> list[str]:
+        if self.client_tls is None:
+            return []
+        ca, cert, key = self.client_tls
+        return [f"--cacert={ca}", f"--cert={cert}", f"--key={key}"]
+
     def _argv(self, m: Member) -> list[str]:
+        tls: list[str] = []
+        if self.client_tls is not None:
+            ca, cert, key = self.client_tls
+            tls = [f"--cert-file={cert}", f"--key-file={key}", f"--trusted-ca-file={ca}", "--client-cert-auth"]
         return [
             "etcd",
             f"--name={m.name}",
@@ -226,6 +243,7 @@ class EtcdCluster:
             "--auto-compaction-retention=0",  # tests compact explicitly
             "--logger=zap",
             "--log-level=warn",
+            *tls,
         ]
 
     def _spawn(self, i: int) -> None:
