@@ -18,7 +18,8 @@ Rules every implementation honours (etcd's, see reference OVERLAY.md §4):
   caller re-reads to find out (values carry their writer's identity for that).
 * **Leases.** ``grant(ttl)`` returns a lease id; keys written with it vanish when it
   expires or is revoked. ``keepalive`` renews it and returns the remaining TTL, 0 when
-  the lease is gone (the holder must then grant a new one and rewrite its keys).
+  the lease is gone (the holder must then grant a new one and rewrite its keys). A
+  write naming a gone lease raises ``LeaseNotFound`` and writes nothing.
 * **Watch with resume.** ``watch(prefix, start_revision)`` yields batches of ``Event``s
   in revision order, from ``start_revision`` on. After ``range`` at revision R, a watch
   from R + 1 misses nothing. If ``start_revision`` was compacted away it raises
