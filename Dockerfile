@@ -15,9 +15,11 @@
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
-RUN if ! command -v iptables-restore >/dev/null || ! command -v ip6tables-restore >/dev/null; then \
+# libstdc++6: grpcio (the etcd client) is C++; minimal bases lack it.
+RUN if ! command -v iptables-restore >/dev/null || ! command -v ip6tables-restore >/dev/null \
+        || ! ldconfig -p | grep -q 'libstdc++.so.6 '; then \
         apt-get update \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables libstdc++6 \
         && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     fi \
  && mkdir -p /run/docker/plugins /var/lib/pyoverlay

@@ -155,10 +155,17 @@ class Registry:
         ``max_mtu`` is what this host's underlay can carry. Refuses (``Conflict``) a spec
         that differs from the cluster's, naming the field and the cluster's value.
         """
+        timeouts = 0
         for _ in range(_RETRIES):
             entry = self.store.get(overlay_key(spec.name))
             if entry is None:
-                created = self._create(spec, max_mtu)
+                try:
+                    created = self._create(spec, max_mtu)
+                except Indeterminate:
+                    timeouts += 1  # not committed (yet): once more, as for the CAS below
+                    if timeouts > 1:
+                        raise
+                    continue
                 if created is not None:
                     return created
                 continue
@@ -193,6 +200,7 @@ class Registry:
         try:
             result = self.store.txn([Absent(k) for k in claims], writes)
         except Indeterminate:
+            log.warning("overlay %s: creating it timed out in etcd; checking whether it committed", spec.name)
             if self._committed(spec.name):
                 return self.overlay(spec.name)
             raise
@@ -287,7 +295,14 @@ class Registry:
         self.store.txn([], [Put(f"hosts/{self.host}", _dump(rec), lease)])
 
     def publish(self, name: str, endpoint: str, rec: PeerRecord, lease: int) -> None:
-        self.store.txn([], [Put(peer_key(name, self.host, endpoint), _dump(rec), lease)])
+        write = Put(peer_key(name, self.host, endpoint), _dump(rec), lease)
+        try:
+            self.store.txn([], [write])
+        except Indeterminate:
+            # A plain put: doing it twice is doing it once. One leader election costs one
+            # timed-out write; a second failure is an outage and is reported.
+            log.warning("publishing endpoint %s timed out in etcd; trying once more", endpoint[:12])
+            self.store.txn([], [write])
 
     def withdraw(self, name: str, endpoint: str) -> None:
         self.store.delete(peer_key(name, self.host, endpoint))

@@ -126,18 +126,22 @@ class ClusterAddressBook:
     def _create(self, pool: PoolRecord, addr: IPAddr) -> bool:
         assert self.store is not None
         key, claim = f"{pool_prefix(pool)}/addrs/{addr}", Claim(host=self.host, nonce=secrets.token_hex(8))
-        try:
-            if self.store.create(key, claim.model_dump_json().encode()):
-                return True
-            return self._take_over(key, claim)
-        except Indeterminate:
-            # It may have committed: the nonce tells. If it did not, a late commit would
-            # leave a claim nobody uses: the sweep removes it.
-            self.dirty = True
-            entry = self.store.get(key)
-            if entry is not None and Claim.model_validate_json(entry.value) == claim:
-                return True
-            raise
+        for attempt in (1, 2):
+            try:
+                if self.store.create(key, claim.model_dump_json().encode()):
+                    return True
+                # Ours already: a release etcd has not heard of, or the first attempt
+                # committed after all (then the nonce is the same, and so is the answer).
+                return self._take_over(key, claim)
+            except Indeterminate:
+                # Once again (an etcd leader election makes one write time out): if the
+                # first attempt committed, the key now holds our own claim. If neither
+                # did but one commits late, the sweep removes the unused claim.
+                self.dirty = True
+                if attempt == 2:
+                    raise
+                log.warning("claim of %s timed out in etcd; trying once more", addr)
+        return False
 
     def _take_over(self, key: str, claim: Claim) -> bool:
         """A claim of ours that this host no longer holds (a release etcd has not heard

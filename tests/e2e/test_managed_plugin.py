@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_nat import Servers, ask
+from tests.e2e.helpers import Servers, ask
 from tests.lab import PLUGIN_NAME, Engine, LabSession, PluginImage, engine_path, iptables_save, links, plugin_socket
 
 pytestmark = pytest.mark.lab(driver=False)

@@ -8,40 +8,16 @@ reaches a container only if its traffic was masqueraded; and nothing leaves the 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import Servers, ask
 from tests.lab import DriverProcess, Engine, Outside, iptables_save, links
 
-NETCAT = Path(__file__).with_name("netcat.py")
 HOST4, OUT4 = "192.0.2.1", "192.0.2.2"
 HOST6, OUT6 = "2001:db8:99::1", "2001:db8:99::2"
-
-
-class Servers:
-    """netcat.py servers in namespaces, killed by PID afterwards."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, netns: str, proto: str, port: int, name: str) -> None:
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={netns}", sys.executable, str(NETCAT), "serve", proto, str(port), name],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", f"{name} did not start"
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(10)
-        self.procs.clear()
 
 
 @pytest.fixture
@@ -58,12 +34,6 @@ def uplink6(outside: Outside) -> Outside:
     outside.ns.ip("addr", "add", f"{OUT6}/64", "dev", "eth0", "nodad")
     outside.engine_ns.ip("-6", "route", "add", "default", "via", OUT6, "dev", outside.engine_if)
     return outside
-
-
-def ask(netns: str, proto: str, host: str, port: int) -> str | None:
-    cmd = ["nsenter", f"--net={netns}", sys.executable, str(NETCAT), "ask", proto, host, str(port)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def run(e: Engine, name: str, network: str, *args: str) -> str:

@@ -47,7 +47,8 @@ BASE_IMAGE = "local/pyoverlay-plugin-base:bookworm"
 # apt. Kept small because `docker plugin create` costs ~1 s per 10 MB of rootfs (it gzips and
 # unpacks it): the merged-usr hook keeps `usrmerge` (and with it perl) out, and glibc's gconv
 # modules go (Python has its own codecs): ~105 MB instead of 164 MB.
-BASE_PACKAGES = ("python3", "python3-venv", "iptables")
+# libstdc++6: grpcio (the etcd client) is C++.
+BASE_PACKAGES = ("python3", "python3-venv", "iptables", "libstdc++6")
 MMDEBSTRAP_ARGS = (
     "--variant=essential",
     f"--include={','.join(BASE_PACKAGES)}",

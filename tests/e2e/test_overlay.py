@@ -1,0 +1,432 @@
+"""Overlay networks across three Docker hosts (20.10, 28.5, 20.10) with a 3-member etcd cluster.
+
+One lab for the module (tests/lab/multihost.py): underlay 10.99.0.0/24 with MTU 1400,
+hosts h1-h3 at .11-.13, etcd at .21-.23, an "outside" host at .100 standing in for the
+internet. Every host runs pyoverlay with ``--store etcd --host-ttl 5``. The module's
+``app`` overlay (10.60.0.0/16) has one container per host; tests that break something
+(a driver, a host, etcd) put it back before they return, so later tests start from a
+working cluster. Every negative check follows the positive control showing the path works.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.e2e.helpers import Servers, ask
+from tests.lab.multihost import OUTSIDE_IP, HostNode, MultiHost, overlay_driver_args
+
+pytestmark = pytest.mark.multihost(driver_args=overlay_driver_args)
+
+OVERLAY = ("-d", "pyoverlay", "--ipam-driver", "pyoverlay", "-o", "mode=overlay")
+TTL = 5  # overlay_driver_args' --host-ttl
+
+
+def create(h: HostNode, net: str, overlay: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return h.cli("network", "create", *OVERLAY, "-o", f"overlay={overlay}", *args, net, check=False)
+
+
+def net_id(h: HostNode, net: str) -> str:
+    return h.cli("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+
+
+def vxlan(h: HostNode, net: str) -> str:
+    return f"pov{net_id(h, net)[:12]}"
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Poll ``cond`` until true; the seconds it took (fails the test after ``timeout``)."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def keys(mh: MultiHost, prefix: str = "/pyoverlay/") -> list[str]:
+    out = mh.etcdctl("get", "--prefix", prefix, "--keys-only").stdout
+    return sorted(k for k in out.split() if k)
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    s = Servers()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def app(multihost: MultiHost) -> MultiHost:
+    """Overlay ``app`` on every host, container ``cN`` on host hN, all peers programmed."""
+    for h in multihost:
+        r = create(h, "app", "app", "--subnet", "10.60.0.0/16")
+        assert r.returncode == 0, r.stderr
+    for h in multihost:
+        h.run_container(f"c{h.index}", "--network", "app")
+    for h in multihost:
+        others = {o.container_mac(f"c{o.index}") for o in multihost if o is not h}
+        wait_for(f"{h.name} programs the others", lambda h=h, o=others: o <= set(h.fdb(vxlan(h, "app"))))
+    return multihost
+
+
+def ip_of(h: HostNode, container: str, net: str = "app") -> str:
+    return h.container_ip(container, net)
+
+
+# ----------------------------------------------------------------- data plane
+def test_every_host_reaches_every_other(app: MultiHost) -> None:
+    for a in app:
+        for b in app:
+            if a is not b:
+                assert a.ping(f"c{a.index}", ip_of(b, f"c{b.index}")), f"{a.name} -> {b.name}"
+
+
+def test_entries_are_static_and_point_at_the_vtep(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    dev = vxlan(h1, "app")
+    details = h1.link(dev)["linkinfo"]["info_data"]
+    assert (details["port"], details["local"], details.get("learning", False), details["proxy"]) == (
+        4789, h1.ip, False, True
+    )
+    mac2, ip2 = h2.container_mac("c2"), ip_of(h2, "c2")
+    assert h1.fdb(dev)[mac2] == h2.ip
+    assert h1.neigh(dev)[ip2] == mac2
+    # no all-zero (flooding) row: broadcasts stay on their host
+    assert "00:00:00:00:00:00" not in h1.fdb(dev)
+
+
+def test_mtu_is_the_underlays_minus_50_and_bulk_crosses_unfragmented(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    assert h1.container_iface("c1")["mtu"] == h2.container_iface("c2")["mtu"] == 1400 - 50
+    ip2 = ip_of(h2, "c2")
+    assert h1.df_ping_from("c1", ip2, 1350 - 28) == 0  # a full-size packet crosses whole
+    assert h1.df_ping_from("c1", ip2, 1350 - 27) == 2  # one byte more does not fit
+    frags = _frag_creates(h1)
+    sent, received = _bulk(h1, "c1", h2, "c2", 32 << 20)
+    assert received == sent
+    assert _frag_creates(h1) == frags, "the outer packets were fragmented"
+
+
+def _frag_creates(h: HostNode) -> int:
+    text = h.netns.run("cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = [line.split() for line in text if line.startswith("Ip:")][:2]
+    return int(values[names.index("FragCreates")])
+
+
+_RECEIVER = (
+    "import socket,sys\ns=socket.socket();s.bind(('0.0.0.0',5001));s.listen(1);print('ready',flush=True)\n"
+    "c,_=s.accept();n=0\nwhile True:\n d=c.recv(1<<16)\n if not d: break\n n+=len(d)\nprint(n)"
+)
+_SENDER = "import socket,sys\ns=socket.create_connection((sys.argv[1],5001));b=b'x'*(1<<16)\n" \
+    "for _ in range(int(sys.argv[2])>>16): s.sendall(b)\ns.close()"  # fmt: skip
+
+
+def _bulk(src: HostNode, a: str, dst: HostNode, b: str, size: int) -> tuple[int, int]:
+    """Send ``size`` bytes over TCP from container ``a`` to ``b``; (sent, received)."""
+    rx = subprocess.Popen(["nsenter", f"--net={dst.engine.container_netns(b)}", sys.executable, "-c", _RECEIVER],
+                          stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        subprocess.run(["nsenter", f"--net={src.engine.container_netns(a)}", sys.executable, "-c", _SENDER,
+                        ip_of(dst, b), str(size)], check=True, timeout=120)  # fmt: skip
+        return size, int(rx.stdout.readline())
+    finally:
+        rx.kill()
+        rx.wait(10)
+
+
+def test_egress_leaves_through_the_containers_own_host(app: MultiHost, servers: Servers) -> None:
+    servers.start(str(app.outside.path), "tcp", 7000, "out")
+    for h in app:
+        # the outside host has no route to 10.60/16: only a masqueraded packet gets an answer
+        assert ask(h.engine.container_netns(f"c{h.index}"), "tcp", OUTSIDE_IP, 7000) == f"out saw {h.ip}"
+
+
+def test_published_port_works_on_the_host_where_the_container_runs(app: MultiHost, servers: Servers) -> None:
+    h2 = app[1]
+    h2.run_container("pub", "--network", "app", "-p", "8080:80")
+    try:
+        servers.start(h2.engine.container_netns("pub"), "tcp", 80, "web")
+        out = str(app.outside.path)
+        assert ask(out, "tcp", h2.ip, 8080) == f"web saw {OUTSIDE_IP}"
+        assert ask(out, "tcp", app[0].ip, 8080) is None, "published on h2 only"
+    finally:
+        h2.cli("rm", "-f", "pub")
+
+
+def test_addresses_are_unique_across_hosts_and_the_gateway_is_shared(app: MultiHost) -> None:
+    names = [(h, f"u{h.index}{i}") for h in app for i in range(4)]
+    with ThreadPoolExecutor(len(names)) as pool:  # all hosts allocate at once
+        list(pool.map(lambda hn: hn[0].run_container(hn[1], "--network", "app"), names))
+    try:
+        ips = [ip_of(h, n) for h, n in names] + [ip_of(h, f"c{h.index}") for h in app]
+        assert len(set(ips)) == len(ips), ips
+        routes = {h.exec(f"c{h.index}", "ip", "route").split("\n")[0] for h in app}
+        assert routes == {"default via 10.60.0.1 dev eth0 "}, routes
+        macs = {h.link(f"po-{net_id(h, 'app')[:12]}")["address"] for h in app}
+        assert len(macs) == 1, f"the gateway MAC differs between hosts: {macs}"
+    finally:
+        for h, n in names:
+            h.cli("rm", "-f", n, check=False)
+
+
+def test_a_static_address_is_held_cluster_wide(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    taken = ip_of(h1, "c1")
+    clash = h2.cli("run", "-d", "--name", "s2", "--network", "app", "--ip", taken, "bb", "sleep", "60", check=False)
+    assert clash.returncode != 0 and f"{taken} is already allocated" in clash.stderr, clash.stderr
+    h2.cli("rm", "-f", "s2", check=False)
+    h2.run_container("s2", "--network", "app", "--ip", "10.60.200.7")
+    try:
+        again = h1.cli("run", "-d", "--name", "s1", "--network", "app", "--ip", "10.60.200.7", "bb", "true",
+                       check=False)  # fmt: skip
+        assert again.returncode != 0 and "already allocated" in again.stderr
+        assert h1.ping("c1", "10.60.200.7")
+    finally:
+        h1.cli("rm", "-f", "s1", check=False)
+        h2.cli("rm", "-f", "s2")
+    # released on h2, it can be had on h1
+    h1.run_container("s1", "--network", "app", "--ip", "10.60.200.7")
+    h1.cli("rm", "-f", "s1")
+
+
+# ----------------------------------------------------------------- identity and refusals
+def test_mismatched_settings_are_refused_naming_the_clusters_value(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    assert create(h1, "mm", "mm", "--subnet", "10.62.0.0/16").returncode == 0
+    try:
+        before = keys(app, "/pyoverlay/overlays/mm")
+        refusals = {
+            ("--subnet", "10.63.0.0/16"): "--subnet 10.63.0.0/16 differs from the cluster's 10.62.0.0/16",
+            ("--subnet", "10.62.0.0/16", "-o", "vni=999"): "option vni 999 differs from the cluster's VNI",
+            ("--subnet", "10.62.0.0/16", "-o", "com.docker.network.driver.mtu=1300"):
+                "MTU 1300 differs from the cluster's MTU 1350",
+            ("--subnet", "10.62.0.0/16", "--internal"): "--internal true differs from the cluster's false",
+        }  # fmt: skip
+        for args, why in refusals.items():
+            r = create(h2, "mm", "mm", *args)
+            assert r.returncode != 0 and why in r.stderr, (args, r.stderr)
+        r = create(h2, "other", "other", "--subnet", "10.62.0.0/16")
+        assert r.returncode != 0 and "already used by overlay mm" in r.stderr, r.stderr
+        r = h2.cli("network", "create", "-d", "pyoverlay", "-o", "mode=overlay", "-o", "overlay=mm",
+                   "--subnet", "10.62.0.0/16", "noipam", check=False)  # fmt: skip
+        assert r.returncode != 0 and "--ipam-driver pyoverlay" in r.stderr, r.stderr
+        for bad, why in (("vni=0", "out of range"), ("overlay=a/b", "not a valid overlay name")):
+            r = h2.cli("network", "create", *OVERLAY, "-o", bad, "--subnet", "10.65.0.0/16", "bad", check=False)
+            assert r.returncode != 0 and why in r.stderr, r.stderr
+        # nothing changed: h2 holds none of these networks, the cluster still knows only h1
+        names = h2.cli("network", "ls", "--format", "{{.Name}}").stdout.split()
+        assert not {"mm", "other", "noipam", "bad"} & set(names)
+        assert keys(app, "/pyoverlay/overlays/mm") == before
+        record = json.loads(app.etcdctl("get", "/pyoverlay/overlays/mm", "--print-value-only").stdout)
+        assert len(record["members"]) == 1
+    finally:
+        h1.cli("network", "rm", "mm")
+    wait_for("mm is freed", lambda: not keys(app, "/pyoverlay/overlays/mm"))
+    assert not keys(app, "/pyoverlay/subnets/10.62.0.0_16")
+
+
+def test_two_overlays_are_isolated(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    for h in (h1, h2):
+        assert create(h, "b", "b", "--subnet", "10.61.0.0/16").returncode == 0
+    try:
+        h1.run_container("b1", "--network", "b")
+        h2.run_container("b2", "--network", "b")
+        b1 = ip_of(h1, "b1", "b")
+        assert h2.ping("b2", b1), "control: b1 is reachable on its own overlay"
+        assert vxlan(h1, "b") != vxlan(h1, "app")
+        assert not h2.ping("c2", b1), "from app on another host"
+        assert not h1.ping("c1", b1), "from app on the same host"
+    finally:
+        for h, c in ((h1, "b1"), (h2, "b2")):
+            h.cli("rm", "-f", c, check=False)
+            h.cli("network", "rm", "b", check=False)
+
+
+def test_internal_overlay_has_no_way_out(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    for h in (h1, h2):
+        assert create(h, "in", "in", "--internal", "--subnet", "10.66.0.0/16").returncode == 0
+    try:
+        h1.run_container("i1", "--network", "in")
+        h2.run_container("i2", "--network", "in")
+        assert h1.ping("i1", ip_of(h2, "i2", "in")), "control: across hosts inside the overlay"
+        assert h1.ping("c1", OUTSIDE_IP), "control: the outside answers"
+        assert not h1.ping("i1", OUTSIDE_IP)
+    finally:
+        for h, c in ((h1, "i1"), (h2, "i2")):
+            h.cli("rm", "-f", c, check=False)
+            h.cli("network", "rm", "in", check=False)
+
+
+def test_dual_stack_overlay(app: MultiHost) -> None:
+    h1, h3 = app[0], app[2]
+    for h in (h1, h3):
+        r = create(h, "ds", "ds", "--ipv6", "--subnet", "10.64.0.0/16", "--subnet", "fd64::/64")
+        assert r.returncode == 0, r.stderr
+    try:
+        h1.run_container("d1", "--network", "ds")
+        h3.run_container("d3", "--network", "ds")
+        v6 = json.loads(h1.cli("inspect", "-f", "{{json .NetworkSettings.Networks.ds}}", "d1").stdout)
+        six = v6["GlobalIPv6Address"]
+        assert six.startswith("fd64::")
+        wait_for("h3 has d1's IPv6 neighbour", lambda: six in h3.neigh(vxlan(h3, "ds")))
+        assert h3.engine.cli("exec", "d3", "ping", "-6", "-c1", "-W2", six, check=False).returncode == 0
+        assert h3.ping("d3", ip_of(h1, "d1", "ds"))
+    finally:
+        for h, c in ((h1, "d1"), (h3, "d3")):
+            h.cli("rm", "-f", c, check=False)
+            h.cli("network", "rm", "ds", check=False)
+
+
+# ----------------------------------------------------------------- membership and convergence
+def test_endpoints_converge_on_every_host_and_leave_likewise(app: MultiHost) -> None:
+    h1, others = app[0], [app[1], app[2]]
+    t0 = time.monotonic()
+    h1.run_container("conv", "--network", "app")
+    mac = h1.container_mac("conv")
+    for h in others:
+        wait_for(f"{h.name} programs conv", lambda h=h: mac in h.fdb(vxlan(h, "app")), timeout=5)
+    added = time.monotonic() - t0
+    t1 = time.monotonic()
+    h1.cli("rm", "-f", "conv")
+    for h in others:
+        wait_for(f"{h.name} forgets conv", lambda h=h: mac not in h.fdb(vxlan(h, "app")), timeout=5)
+    print(f"convergence (docker run returned → programmed on both peers): {added:.2f}s; "
+          f"removal: {time.monotonic() - t1:.2f}s")  # fmt: skip
+
+
+def test_driver_killed_and_restarted_keeps_traffic_and_reconciles(app: MultiHost) -> None:
+    h1, h2, h3 = app[0], app[1], app[2]
+    dev2 = vxlan(h2, "app")
+    h3.run_container("gone", "--network", "app")
+    gone = h3.container_mac("gone")
+    wait_for("h2 programs gone", lambda: gone in h2.fdb(dev2))
+    ping = _Ping(h1, "c1", ip_of(h2, "c2"))
+    h2.kill_driver()
+    h3.cli("rm", "-f", "gone")  # while h2's driver is down: it must notice when it is back
+    h2.start_driver()
+    h1.run_container("late", "--network", "app")
+    late = h1.container_mac("late")
+    try:
+        wait_for("h2 programs late", lambda: late in h2.fdb(dev2))
+        wait_for("h2 forgets gone", lambda: gone not in h2.fdb(dev2))
+        assert h2.container_mac("c2") in h1.fdb(vxlan(h1, "app")), "h2's own endpoint is still published"
+        sent, got = ping.result()
+        assert got == sent, f"established traffic was disturbed: {got}/{sent} replies"
+    finally:
+        h1.cli("rm", "-f", "late")
+
+
+class _Ping:
+    """busybox ping from a container's netns, in the background: (sent, received) at the end."""
+
+    def __init__(self, h: HostNode, container: str, ip: str, count: int = 40) -> None:
+        self.count = count
+        argv = ["nsenter", f"--net={h.engine.container_netns(container)}", "/bin/busybox", "ping",
+                "-c", str(count), "-i", "0.1", "-W", "1", ip]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+    def result(self) -> tuple[int, int]:
+        out, _ = self.proc.communicate(timeout=60)
+        line = next(x for x in out.splitlines() if "packets received" in x)
+        return self.count, int(line.split(",")[1].split()[0])
+
+
+def test_a_dead_hosts_endpoints_leave_every_peer_within_its_ttl(app: MultiHost) -> None:
+    h1, h2, h3 = app[0], app[1], app[2]
+    mac3 = h3.container_mac("c3")
+    assert all(mac3 in h.fdb(vxlan(h, "app")) for h in (h1, h2))
+    h3.cut(silent=True)  # gone: no goodbye, its lease just stops being renewed
+    try:
+        took = max(wait_for(f"{h.name} drops h3", lambda h=h: mac3 not in h.fdb(vxlan(h, "app")), timeout=TTL + 6)
+                   for h in (h1, h2))  # fmt: skip
+        print(f"dead host's endpoints removed after {took:.1f}s (TTL {TTL}s)")
+        assert h1.ping("c1", ip_of(h2, "c2")), "the others keep talking"
+    finally:
+        h3.reconnect()
+    # back: it takes a new lease and publishes its endpoints again
+    for h in (h1, h2):
+        wait_for(f"{h.name} has h3 again", lambda h=h: mac3 in h.fdb(vxlan(h, "app")), timeout=TTL + 10)
+    assert h1.ping("c1", ip_of(h3, "c3"))
+
+
+# ----------------------------------------------------------------- etcd trouble
+def test_one_etcd_member_down_is_no_outage(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    leader = app.etcd.leader()
+    assert leader is not None
+    app.etcd.kill(leader)
+    try:
+        t0 = time.monotonic()
+        h1.run_container("m1", "--network", "app")
+        started = time.monotonic() - t0
+        mac = h1.container_mac("m1")
+        wait_for("h2 programs m1", lambda: mac in h2.fdb(vxlan(h2, "app")), timeout=10)
+        assert h2.ping("c2", ip_of(h1, "m1"))
+        print(f"docker run with the etcd leader killed: {started:.2f}s")
+    finally:
+        h1.cli("rm", "-f", "m1", check=False)
+        app.etcd.start(leader)
+
+
+def test_all_of_etcd_down_then_back(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    h2.run_container("t2", "--network", "app")
+    t2 = h2.container_mac("t2")
+    wait_for("h1 programs t2", lambda: t2 in h1.fdb(vxlan(h1, "app")))
+    for i in range(len(app.etcd.members)):
+        app.etcd.stop(i)
+    try:
+        assert h1.ping("c1", ip_of(h2, "c2")), "running containers keep talking"
+        t0 = time.monotonic()
+        r = h1.cli("run", "-d", "--name", "x1", "--network", "app", "bb", "sleep", "60", check=False, timeout=120)
+        failed_after = time.monotonic() - t0
+        assert r.returncode != 0 and "etcd" in r.stderr, r.stderr
+        assert failed_after < 15, f"a call that needs the cluster took {failed_after:.1f}s to fail"
+        h1.cli("rm", "-f", "x1", check=False)
+        # bridge networks do not care
+        h1.cli("network", "create", "-d", "pyoverlay", "--subnet", "10.70.0.0/24", "br")
+        h1.run_container("br1", "--network", "br")
+        assert h1.ping("br1", "10.70.0.1")
+        h2.cli("rm", "-f", "t2")  # removed during the outage: etcd must hear of it later
+    finally:
+        h1.cli("rm", "-f", "br1", check=False)
+        h1.cli("network", "rm", "br", check=False)
+        for i in range(len(app.etcd.members)):
+            app.etcd.start(i, wait=False)
+        app.etcd.wait_healthy()
+    wait_for("h1 forgets t2 once etcd is back", lambda: t2 not in h1.fdb(vxlan(h1, "app")), timeout=30)
+    h1.run_container("after", "--network", "app")
+    try:
+        mac = h1.container_mac("after")
+        wait_for("h2 programs a new container", lambda: mac in h2.fdb(vxlan(h2, "app")), timeout=15)
+        assert h2.ping("c2", ip_of(h1, "after"))
+    finally:
+        h1.cli("rm", "-f", "after")
+
+
+# ----------------------------------------------------------------- the end
+def test_teardown_leaves_nothing_on_any_host_nor_in_etcd(app: MultiHost) -> None:
+    for h in app:
+        h.cli("rm", "-f", f"c{h.index}")
+    for h in app:
+        h.cli("network", "rm", "app")
+
+    def clean() -> bool:
+        left = [k for k in keys(app) if not k.startswith("/pyoverlay/hosts/")]
+        return not left
+    wait_for("etcd holds no overlay, address or endpoint", clean, timeout=15)
+    for h in app:
+        assert not [ln.name for ln in h.links() if ln.name.startswith("po")], h.name
+        rules = h.engine.iptables_save()
+        assert "PYOVERLAY" not in rules, h.name
+
