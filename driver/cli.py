@@ -52,6 +52,7 @@ _CLUSTER_FLAGS = {
     "--advertise-addr": "this host's VTEP address, an IP or an interface (default: the default route's source)",
     "--host-ttl": "seconds a host stays in the cluster after its last lease renewal (default 15)",
     "--vxlan-port": "UDP port of the VXLAN tunnels (default 4789)",
+    "--resync-interval": "seconds between full re-checks of peers and of this host's records (default 30)",
 }
 
 

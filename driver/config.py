@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # 4789 is IANA's VXLAN port and Docker's overlay default; pyoverlay's VNIs stay below
     # swarm's range (4096 and up), so both can share the port on one host.
     vxlan_port: int = Field(4789, ge=1, le=65535)
+    # How often each host re-reads the cluster and re-checks its kernel entries and its
+    # own records in etcd, repairing whatever a missed event or a failed write left.
+    resync_interval: float = Field(30.0, ge=1, le=3600)
 
     @field_validator("etcd_ca", "etcd_cert", "etcd_key", "advertise_addr", "fail_step", mode="before")
     @classmethod

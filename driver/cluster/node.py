@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from driver.cluster.base import ClusterStore
@@ -38,7 +38,6 @@ class Node:
     view: LocalView
     programmer: PeerProgrammer
     sync: HostSync
-    extra_stops: list[object] = field(default_factory=list)
 
     @property
     def max_mtu(self) -> int:
@@ -119,8 +118,9 @@ def build_node(settings: Settings, store: ClusterStore, nl_factory: type[Netlink
     view = LocalView()
     node = Node(
         host=host, vtep=vtep, underlay=underlay, port=settings.vxlan_port, store=store, registry=registry,
-        lease=lease, view=view, programmer=PeerProgrammer(store, nl_factory(), host),
-        sync=HostSync(registry, lease, view, vtep),
+        lease=lease, view=view,
+        programmer=PeerProgrammer(store, nl_factory(), host, resync_every=settings.resync_interval),
+        sync=HostSync(registry, lease, view, vtep, resync_every=settings.resync_interval),
     )
     log.info("cluster node %s: VTEP %s on %s (MTU %d), VXLAN port %d", host, vtep, underlay.name, underlay.mtu,
              settings.vxlan_port)  # fmt: skip

@@ -10,6 +10,7 @@ working cluster. Every negative check follows the positive control showing the p
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -22,7 +23,10 @@ import pytest
 from tests.e2e.helpers import Servers, ask
 from tests.lab.multihost import OUTSIDE_IP, HostNode, MultiHost, overlay_driver_args
 
-pytestmark = pytest.mark.multihost(driver_args=overlay_driver_args)
+RESYNC = 3  # seconds; the default is 30, which would only make the repair test slow
+pytestmark = pytest.mark.multihost(
+    driver_args=functools.partial(overlay_driver_args, extra=("--resync-interval", str(RESYNC)))
+)
 
 OVERLAY = ("-d", "pyoverlay", "--ipam-driver", "pyoverlay", "-o", "mode=overlay")
 TTL = 5  # overlay_driver_args' --host-ttl
@@ -251,6 +255,25 @@ def test_two_overlays_are_isolated(app: MultiHost) -> None:
             h.cli("network", "rm", "b", check=False)
 
 
+def test_icc_false_holds_across_hosts(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    for h in (h1, h2):
+        icc = ("-o", "com.docker.network.bridge.enable_icc=false")
+        assert create(h, "q", "q", *icc, "--subnet", "10.68.0.0/16").returncode == 0
+    try:
+        h1.run_container("q1", "--network", "q")
+        h2.run_container("q2", "--network", "q")
+        q2 = ip_of(h2, "q2", "q")
+        wait_for("h1 programs q2", lambda: h2.container_mac("q2") in h1.fdb(vxlan(h1, "q")))
+        assert h1.ping("q1", "10.68.0.1"), "control: q1 reaches its gateway"
+        assert h1.ping("c1", ip_of(h2, "c2")), "control: the same two hosts talk on an icc=true overlay"
+        assert not h1.ping("q1", q2)
+    finally:
+        for h, c in ((h1, "q1"), (h2, "q2")):
+            h.cli("rm", "-f", c, check=False)
+            h.cli("network", "rm", "q", check=False)
+
+
 def test_internal_overlay_has_no_way_out(app: MultiHost) -> None:
     h1, h2 = app[0], app[1]
     for h in (h1, h2):
@@ -302,6 +325,20 @@ def test_endpoints_converge_on_every_host_and_leave_likewise(app: MultiHost) -> 
         wait_for(f"{h.name} forgets conv", lambda h=h: mac not in h.fdb(vxlan(h, "app")), timeout=5)
     print(f"convergence (docker run returned → programmed on both peers): {added:.2f}s; "
           f"removal: {time.monotonic() - t1:.2f}s")  # fmt: skip
+
+
+def test_periodic_resync_repairs_entries_changed_behind_its_back(app: MultiHost) -> None:
+    h1, h2 = app[0], app[1]
+    dev = vxlan(h2, "app")
+    mac1, ip1 = h1.container_mac("c1"), ip_of(h1, "c1")
+    h2.netns.run("bridge", "fdb", "del", mac1, "dev", dev, "self")
+    h2.netns.ip("neigh", "del", ip1, "dev", dev)
+    h2.netns.run("bridge", "fdb", "add", "02:42:0a:3c:ff:ff", "dev", dev, "dst", "10.99.0.99", "self", "permanent")
+    assert mac1 not in h2.fdb(dev)
+    wait_for("the missing entries are back", lambda: h2.fdb(dev).get(mac1) == h1.ip and ip1 in h2.neigh(dev),
+             timeout=RESYNC + 5)  # fmt: skip
+    wait_for("the stray entry is gone", lambda: "02:42:0a:3c:ff:ff" not in h2.fdb(dev), timeout=RESYNC + 5)
+    assert h2.ping("c2", ip1)
 
 
 def test_driver_killed_and_restarted_keeps_traffic_and_reconciles(app: MultiHost) -> None:
