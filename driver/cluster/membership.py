@@ -66,11 +66,15 @@ class HostLease:
         self._lock = threading.Lock()
 
     def current(self) -> int:
-        """The lease to write with; raises StoreUnavailable until one is granted."""
+        """The lease to write with. The first writer takes one if the background thread
+        has not yet (a container started right after the driver): StoreUnavailable if
+        etcd cannot give one."""
         with self._lock:
             lease = self._lease
         if not lease:
-            raise StoreUnavailable("etcd: this host holds no lease yet (is etcd reachable?)")
+            self.renew()
+            with self._lock:
+                lease = self._lease
         return lease
 
     def renew(self) -> bool:
