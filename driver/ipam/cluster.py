@@ -248,7 +248,9 @@ class ClusterAddressBook:
         # Every block is someone's: take any address nobody holds (one range read).
         assert self.store is not None
         entries, _ = self.store.range(f"{pool_prefix(pool)}/addrs/")
-        held = {int(ipaddress.ip_address(k.rsplit("/", 1)[1])) for k in entries}
+        # Other hosts' claims only: one of ours that this host no longer holds (a release
+        # etcd has not heard of yet) is taken over, so it is neither skipped nor foreign.
+        held = {int(ipaddress.ip_address(k.rsplit("/", 1)[1])) for k, e in entries.items() if not self._mine(e)}
         idx, foreign = self.local.index(pool), self._foreign(pool)
         foreign |= held
         for addr in range(lo, hi + 1):
