@@ -47,6 +47,14 @@ class LocalAddressBook:
             idx = self._indexes[pool.id] = _load(self.repo, pool)
         return idx
 
+    def held(self, pool: PoolRecord) -> set[int]:
+        """The pool's held addresses, for readers on other threads: a copy, and never a
+        cached index built behind the worker's back (it would miss its next write)."""
+        idx = self._indexes.get(pool.id)
+        if idx is not None:
+            return set(idx)
+        return {int(ipaddress.ip_address(r.address)) for r in self.repo.addresses(pool.id)}
+
     def reserve(self, pool: PoolRecord, want: IPAddr | None, purpose: Purpose) -> IPAddr:
         idx, net = self.index(pool), _net(pool)
         if want is not None:

@@ -19,6 +19,7 @@ reconciliation (``sweep``) never removes a claim a request is making.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import logging
 import secrets
@@ -64,6 +65,7 @@ class ClusterAddressBook:
         self.host = host
         self._blocks: dict[str, list[int]] = {}  # pool prefix → my blocks (read once)
         self._foreign_by_pool: dict[str, set[int]] = {}
+        self._cursor: dict[str, int] = {}  # pool id → index of the first of my blocks with room
         # Releases not yet told to etcd (done in the background: a container's removal
         # must not wait on etcd), and whether a claim may have committed unseen.
         self._lock = threading.Lock()
@@ -81,6 +83,7 @@ class ClusterAddressBook:
 
     def release(self, pool: PoolRecord, addr: IPAddr) -> None:
         self.local.release(pool, addr)
+        self._rewind(pool, addr)
         if pool.overlay is not None and self.store is not None:
             with self._lock:
                 self._pending.add((pool.id, str(addr)))
@@ -184,7 +187,7 @@ class ClusterAddressBook:
         pool = self.local.repo.pool(pool_id)
         if pool is None or pool.overlay is None:
             return  # the pool went: its release swept its claims
-        if int(ipaddress.ip_address(ip)) in self.local.index(pool):
+        if int(ipaddress.ip_address(ip)) in self.local.held(pool):
             return  # held again meanwhile: the claim is in use
         key = f"{pool_prefix(pool)}/addrs/{ip}"
         entry = self.store.get(key)
@@ -205,14 +208,29 @@ class ClusterAddressBook:
         lo, hi = _range(pool, net)
         size = block_size(lo, hi)
         idx, foreign = self.local.index(pool), self._foreign(pool)
-        for block in self._my_blocks(pool, lo, hi, size):
+        blocks = self._my_blocks(pool, lo, hi, size)
+        # Blocks before the cursor are full: a filling pool costs the same per address.
+        for i in range(self._cursor.get(pool.id, 0), len(blocks)):
+            block = blocks[i]
             for addr in range(lo + block * size, min(hi, lo + (block + 1) * size - 1) + 1):
                 if addr not in idx and addr not in foreign:
+                    self._cursor[pool.id] = i
                     return type(net.network_address)(addr)
+        self._cursor[pool.id] = len(blocks)
         claimed = self._claim_block(pool, lo, hi, size)
         if claimed is not None:
+            self._cursor[pool.id] = blocks.index(claimed)
             return self._candidate(pool)
         return self._any_free(pool, net, lo, hi)
+
+    def _rewind(self, pool: PoolRecord, addr: IPAddr) -> None:
+        """Room again in the block of ``addr``: start the next search there."""
+        if pool.id not in self._cursor or pool.overlay is None:
+            return
+        lo, hi = _range(pool, ipaddress.ip_network(pool.pool))
+        blocks = self._blocks.get(pool_prefix(pool), [])
+        at = bisect.bisect_left(blocks, (int(addr) - lo) // block_size(lo, hi))
+        self._cursor[pool.id] = min(self._cursor[pool.id], at)
 
     def _my_blocks(self, pool: PoolRecord, lo: int, hi: int, size: int) -> list[int]:
         prefix = pool_prefix(pool)
@@ -239,7 +257,7 @@ class ClusterAddressBook:
                 entry = self.store.get(f"{prefix}/blocks/{block}")
                 won = entry is not None and entry.value.decode() == self.host
             if won:
-                self._blocks.setdefault(prefix, []).append(block)
+                bisect.insort(self._blocks.setdefault(prefix, []), block)
                 log.info("pool %s: this host claimed address block %d (%d addresses)", pool.pool, block, size)
                 return block
         return None
@@ -270,9 +288,8 @@ class ClusterAddressBook:
         prefix = pool_prefix(pool)
         entries, _ = self.store.range(f"{prefix}/addrs/")
         if held is None:
-            idx = self.local.index(pool)
             net = ipaddress.ip_network(pool.pool)
-            held = {str(type(net.network_address)(a)) for a in idx}
+            held = {str(type(net.network_address)(a)) for a in self.local.held(pool)}
         for key, entry in entries.items():
             ip = key.rsplit("/", 1)[1]
             if self._mine(entry) and ip not in held:
