@@ -163,9 +163,11 @@ class HostSync:
             except StoreUnavailable as err:
                 self.last_error = str(err)
                 log.warning("cluster sync: %s", err)
+                due = 0.0  # the pass did not finish: the next round passes again
             except Exception as err:
                 self.last_error = f"{type(err).__name__}: {err}"
                 log.exception("cluster sync failed")
+                due = 0.0
             self._wake.wait(interval)
 
     def sync(self, rewrite: bool = False) -> None:
