@@ -72,9 +72,9 @@ def _cluster(settings: Settings) -> tuple[ClusterStore | None, Node | None]:
 
 def _startup(services: Services, nl: Netlink, node: Node | None) -> None:
     try:
-        reconcile(services.network, nl)
-    except Exception:
-        log.exception("reconciliation at start failed; serving anyway")
+        failures = reconcile(services.network, nl)
+        if failures:
+            log.error("reconciliation at start left %d object(s) as they were; serving the rest", len(failures))
     finally:
         if node is not None:
             # Only now does the local view hold every endpoint the cluster should know.

@@ -10,13 +10,15 @@ and holds its locks meanwhile, always gets an answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from driver.errors import Unavailable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Worker:
@@ -34,7 +36,13 @@ class Worker:
             ) from None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._pool.submit(fn, *args)
+        """Run ``fn`` in turn, not waiting for it; a failure is logged, not lost."""
+        self._pool.submit(fn, *args).add_done_callback(_log_failure)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _log_failure(fut: Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("background call failed", exc_info=fut.exception())

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from functools import partial
 
 from driver.netlink.adapter import Netlink
 from driver.network.modes import Restores
 from driver.network.service import NetworkService
+from driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +28,53 @@ log = logging.getLogger(__name__)
 _OWN_NAME = re.compile(r"^(po[hcmv][0-9a-f]{12}|po-[0-9a-f]{12})$")
 
 
-def reconcile(service: NetworkService, nl: Netlink) -> None:
+def reconcile(service: NetworkService, nl: Netlink) -> list[str]:
+    """Bring every object back in line; one that cannot be must not stop the others.
+
+    Returns what failed (also logged), for the caller to report and retry later.
+    """
     repo = service.repo
+    failures: list[str] = []
     for net in repo.networks():
-        mode = service.mode(net)
-        if net.status == "creating":
-            log.warning("network %s: rolling back a create interrupted by a crash", net.id[:12])
-            mode.delete_network(net)
-            repo.delete_network(net.id)
-        else:
-            mode.ensure_network(net)
+        _each(failures, f"network {net.id[:12]}", partial(_network, service, net))
     for ep in repo.endpoints():
-        owner = repo.network(ep.network_id)
-        if owner is None:
-            repo.delete_endpoint(ep.id)
-            continue
-        mode = service.mode(owner)
-        if ep.status == "creating" or not mode.endpoint_alive(ep):
-            log.info("endpoint %s: its interface is gone, forgetting it", ep.id[:12])
-            mode.delete_endpoint(owner, ep)
-            repo.delete_endpoint(ep.id)
-        elif isinstance(mode, Restores):
-            mode.restore_endpoint(owner, ep)
-    _collect_orphans(service, nl)
-    service.sync_firewall()
+        _each(failures, f"endpoint {ep.id[:12]}", partial(_endpoint, service, ep))
+    _each(failures, "orphaned links", lambda: _collect_orphans(service, nl))
+    _each(failures, "firewall", service.sync_firewall)
+    return failures
+
+
+def _each(failures: list[str], what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as err:
+        log.error("reconciliation of %s failed: %s", what, err)
+        failures.append(f"{what}: {err}")
+
+
+def _network(service: NetworkService, net: NetworkRecord) -> None:
+    mode = service.mode(net)
+    if net.status == "creating":
+        log.warning("network %s: rolling back a create interrupted by a crash", net.id[:12])
+        mode.delete_network(net)
+        service.repo.delete_network(net.id)
+    else:
+        mode.ensure_network(net)
+
+
+def _endpoint(service: NetworkService, ep: EndpointRecord) -> None:
+    repo = service.repo
+    owner = repo.network(ep.network_id)
+    if owner is None:
+        repo.delete_endpoint(ep.id)
+        return
+    mode = service.mode(owner)
+    if ep.status == "creating" or not mode.endpoint_alive(ep):
+        log.info("endpoint %s: its interface is gone, forgetting it", ep.id[:12])
+        mode.delete_endpoint(owner, ep)
+        repo.delete_endpoint(ep.id)
+    elif isinstance(mode, Restores):
+        mode.restore_endpoint(owner, ep)
 
 
 def _collect_orphans(service: NetworkService, nl: Netlink) -> None:
