@@ -123,6 +123,7 @@ class HostSync:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._host_on = 0  # the lease this host's record was last written with
         self.synced = threading.Event()  # set after each complete pass (tests, status)
         # Set once the local view is complete (after the start-up reconciliation): a
         # pass before that would withdraw every endpoint this host still has.
@@ -172,7 +173,9 @@ class HostSync:
 
     def sync(self, rewrite: bool = False) -> None:
         lease = self.lease.current()
-        self.registry.put_host(HostRecord(vtep=self.vtep, hostname=socket.gethostname()), lease)
+        if rewrite or self._host_on != lease:
+            self.registry.put_host(HostRecord(vtep=self.vtep, hostname=socket.gethostname()), lease)
+            self._host_on = lease
         members = self.registry.memberships()
         published = self._published(set(members))
         overlays, peers = self.view.snapshot()  # after the etcd reads, see the module doc
