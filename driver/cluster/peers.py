@@ -168,7 +168,9 @@ class PeerProgrammer:
     def _handle(self, msg: Message) -> None:
         if isinstance(msg, WatchBatch):
             for ev in msg.events:
-                self._apply(ev)
+                # One by one: a batch spans overlays (a lease's keys go in one revision),
+                # and each event must be remembered even if another's overlay fails.
+                self._guard(partial(self._apply, ev))
         elif isinstance(msg, _Listed):
             self._peers = {}
             for key, rec in msg.peers.items():
@@ -235,6 +237,8 @@ class PeerProgrammer:
 
     def _sync(self, name: str) -> None:
         """Make the kernel's entries for ``name`` exactly the remote endpoints we know."""
+        if not self.listed.is_set():
+            return  # we know nothing yet: the kernel's entries (of the last run) stay
         at = self._attached[name]
         peers = list(self._peers.get(name, {}).values())
         fdb_want = {p.mac: p.vtep for p in peers}
