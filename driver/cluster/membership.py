@@ -179,13 +179,15 @@ class HostSync:
         members = self.registry.memberships()
         published = self._published(set(members))
         overlays, peers = self.view.snapshot()  # after the etcd reads, see the module doc
-        for name in members.keys() - overlays:
-            self._leave(name)
         store = self.registry.store
         for key, entry in published.items():
             if key not in peers:
                 log.info("withdrawing stale endpoint record %s", key)
                 store.delete(key, mod_revision=entry.mod_revision)
+        # Only then leave: once this host is no member, a pass no longer looks for its
+        # records there, and any left over would be programmed by every peer for good.
+        for name in members.keys() - overlays:
+            self._leave(name)
         for key, rec in peers.items():
             have = published.get(key)
             if rewrite or have is None or have.lease != lease or have.value != rec.model_dump_json().encode():

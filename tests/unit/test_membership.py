@@ -33,6 +33,7 @@ class Store(MemoryClusterStore):
         self.after_range: dict[str, Callable[[], None]] = {}
         self.before_delete: dict[str, Callable[[], None]] = {}
         self.writes_fail = False
+        self.deletes_fail = False
 
     def range(self, prefix: str) -> tuple[dict[str, Entry], int]:
         found = super().range(prefix)
@@ -45,6 +46,8 @@ class Store(MemoryClusterStore):
         hook = self.before_delete.pop(key, None)
         if hook is not None:
             hook()
+        if self.deletes_fail:
+            raise StoreUnavailable("etcd (test): request timed out")
         return super().delete(key, mod_revision)
 
     def txn(self, conditions: Sequence[Condition], writes: Sequence[Write]) -> TxnResult:
@@ -151,6 +154,26 @@ def test_membership_without_a_local_network_is_left_and_the_last_host_frees_it(
     for prefix in ("overlays/", "vnis/", "subnets/", "peers/", "ipam/"):
         assert keys(store, prefix) == set(), prefix
     assert keys(store, "hosts/") == {"hosts/h1", "hosts/h2"}  # the hosts live on
+
+
+def test_records_of_a_left_overlay_are_withdrawn_even_after_a_failed_pass(
+    store: Store, hosts: tuple[Host, Host]
+) -> None:
+    """The network and its endpoint went here at once (one pass for both); etcd fails in
+    the middle of that pass. The next pass must still withdraw the endpoint's record."""
+    a, b = hosts
+    a.join()
+    b.join()
+    ka, _ = a.endpoint("e1", "10.60.0.2")
+    a.pass_()
+    a.view.remove_overlay("app")
+    store.deletes_fail = True
+    with pytest.raises(StoreUnavailable):
+        a.pass_()
+    store.deletes_fail = False
+    a.pass_()
+    assert store.get(ka) is None  # else every peer keeps programming it while h1 lives
+    assert members(store) == ("h2",) and a.left == ["app"]
 
 
 def test_network_kept_locally_but_no_member_in_etcd_is_only_reported(store: Store, hosts: tuple[Host, Host]) -> None:
