@@ -1,4 +1,6 @@
-"""``pyoverlay serve``: bind the socket first, then import and start everything else.
+"""The ``pyoverlay`` command: ``serve``, and ``status``, ``doctor``, ``version`` beside it.
+
+``serve`` binds the socket first, then imports and starts everything else.
 
 dockerd dials a managed plugin's socket within 0.5-9.5 s of starting it and a legacy
 lookup that misses costs 15 s, while importing FastAPI, pydantic and pyroute2 takes most
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from driver import __version__
 from driver.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
@@ -29,31 +32,37 @@ class StartupError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyoverlay", description="Docker network + IPAM driver")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"pyoverlay {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="serve the driver on a Unix socket")
-    serve.add_argument("--socket", help=f"socket path (env PYOVERLAY_SOCKET, default {DEFAULT_SOCKET})")
-    serve.add_argument("--state-dir", help=f"state directory (env PYOVERLAY_STATE_DIR, default {DEFAULT_STATE_DIR})")
-    serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="env PYOVERLAY_LOG_LEVEL, default info"
-    )
-    cluster = serve.add_argument_group("cluster store (overlay networks)")
-    for flag, text in _CLUSTER_FLAGS.items():
-        cluster.add_argument(flag, help=f"{text} (env PYOVERLAY_{flag[2:].replace('-', '_').upper()})")
+    _settings_flags(serve)
+    metrics = serve.add_argument_group("metrics (Prometheus text format; off by default)")
+    for flag, text in _METRICS_FLAGS.items():
+        metrics.add_argument(flag, help=f"{text} (env {_env(flag)})")
+    sub.add_parser("version", help="print the version")
+    status = sub.add_parser("status", help="what the running driver has: networks, endpoints, pools, peers")
+    status.add_argument("--socket", help=f"the driver's socket (env PYOVERLAY_SOCKET, default {DEFAULT_SOCKET})")
+    status.add_argument("--json", action="store_true", help="the full answer as JSON")
+    doctor = sub.add_parser("doctor", help="check this host for what the driver needs (read-only)")
+    _settings_flags(doctor)
+    doctor.add_argument("--docker-host", help="dockerd's API (env DOCKER_HOST, default unix:///var/run/docker.sock)")
     return p
 
 
-_CLUSTER_FLAGS = {
-    "--store": "local (default: the embedded store) or etcd (needed by overlay networks)",
-    "--etcd-endpoints": "etcd client URLs, comma-separated: http(s)://HOST:PORT[,...]",
-    "--etcd-ca": "CA certificate to verify etcd with",
-    "--etcd-cert": "client certificate for etcd",
-    "--etcd-key": "client key for etcd",
-    "--etcd-prefix": "key prefix in etcd (default /pyoverlay)",
-    "--advertise-addr": "this host's VTEP address, an IP or an interface (default: the default route's source)",
-    "--host-ttl": "seconds a host stays in the cluster after its last lease renewal (default 15)",
-    "--vxlan-port": "UDP port of the VXLAN tunnels (default 4789)",
-    "--resync-interval": "seconds between full re-checks of peers and of this host's records (default 30)",
-}
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the driver's settings: serve takes them, doctor checks what they say."""
+    p.add_argument("--socket", help=f"socket path (env PYOVERLAY_SOCKET, default {DEFAULT_SOCKET})")
+    p.add_argument("--state-dir", help=f"state directory (env PYOVERLAY_STATE_DIR, default {DEFAULT_STATE_DIR})")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="env PYOVERLAY_LOG_LEVEL, default info"
+    )
+    cluster = p.add_argument_group("cluster store (overlay networks)")
+    for flag, text in _CLUSTER_FLAGS.items():
+        cluster.add_argument(flag, help=f"{text} (env {_env(flag)})")
+
+
+def _env(flag: str) -> str:
+    return f"PYOVERLAY_{flag[2:].replace('-', '_').upper()}"
 
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
@@ -104,8 +113,34 @@ def _answers(path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"pyoverlay {__version__}")
+        return 0
     socket_path = Path(args.socket or os.environ.get("PYOVERLAY_SOCKET") or DEFAULT_SOCKET)
+    if args.command == "status":
+        from driver.ops.status_cli import run
+
+        return run(socket_path, args.json)
+    if args.command == "doctor":
+        from driver.ops.doctor_cli import run as doctor
+
+        return doctor(_overrides(args, socket_path), args.docker_host)
+    return _serve(args, socket_path)
+
+
+def _overrides(args: argparse.Namespace, socket_path: Path) -> dict[str, object]:
     state_dir = Path(args.state_dir or os.environ.get("PYOVERLAY_STATE_DIR") or DEFAULT_STATE_DIR)
+    overrides: dict[str, object] = {"socket": socket_path, "state_dir": state_dir}
+    for flag in ("--log-level", *_CLUSTER_FLAGS, *(_METRICS_FLAGS if args.command == "serve" else ())):
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return overrides
+
+
+def _serve(args: argparse.Namespace, socket_path: Path) -> int:
+    overrides = _overrides(args, socket_path)
+    state_dir = Path(str(overrides["state_dir"]))
     try:
         lock = lock_state_dir(state_dir)
         sock = bind_socket(socket_path)
@@ -116,11 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     # Until uvicorn installs its own handlers, a SIGTERM must still unwind through the
     # finally below, or the socket file would be left for the next start to clean up.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    overrides: dict[str, object] = {"socket": socket_path, "state_dir": state_dir}
-    for flag in ("--log-level", *_CLUSTER_FLAGS):
-        name = flag[2:].replace("-", "_")
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
     try:
         from driver.config import SettingsError
         from driver.server import serve
@@ -131,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyoverlay: {err}", file=sys.stderr)
             return 2
     finally:
-        _unlink_if_ours(socket_path, inode)
+        unlink_if_ours(socket_path, inode)
         sock.close()
         lock.close()
 
@@ -140,7 +170,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _unlink_if_ours(path: Path, inode: int) -> None:
+def unlink_if_ours(path: Path, inode: int) -> None:
     # Only remove the file if it is still the socket we bound, not a successor's.
     try:
         if os.stat(path).st_ino == inode:

@@ -6,6 +6,7 @@ naming it instead of surfacing at the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -42,6 +43,21 @@ def parse_endpoints(value: str | list[str]) -> list[str]:
     return out
 
 
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``127.0.0.1:9450`` or ``[::1]:9450`` → (host, port); the host must be an IP address
+    (a name could resolve to an address nobody meant to expose)."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 <= number <= 65535:
+        raise ValueError(f"{value!r} is not IP:PORT (e.g. 127.0.0.1:9450 or [::1]:9450)")
+    return host, number
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PYOVERLAY_", extra="ignore")
 
@@ -59,6 +75,10 @@ class Settings(BaseSettings):
     request_timeout: float = 30.0
     # Test hook: make the named rollback step fail (see driver.network.steps).
     fail_step: str | None = None
+    # The Docker API, read in the background (never in a request) to collect networks
+    # and endpoints dockerd has dropped without telling the driver (driver.gc).
+    docker_host: str = "unix:///var/run/docker.sock"
+    gc_interval: float = Field(60.0, ge=0, le=3600)  # seconds; 0: never compare
 
     # -- the cluster store (overlay networks) ------------------------------------
     # "local": the embedded store only, all that bridge and macvlan need. "etcd": cluster
@@ -88,7 +108,14 @@ class Settings(BaseSettings):
     # own records in etcd, repairing whatever a missed event or a failed write left.
     resync_interval: float = Field(30.0, ge=1, le=3600)
 
-    @field_validator("etcd_ca", "etcd_cert", "etcd_key", "advertise_addr", "fail_step", mode="before")
+    # -- metrics (off unless one is given) ------------------------------------------
+    # A Unix socket of its own (0660, like the driver's) and/or HOST:PORT for TCP; a
+    # scraper never gets the driver's socket, which can create networks.
+    metrics_socket: Path | None = None
+    metrics_addr: str | None = None
+
+    @field_validator("etcd_ca", "etcd_cert", "etcd_key", "advertise_addr", "fail_step", "metrics_socket",
+                     "metrics_addr", mode="before")  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # A managed plugin's env variables are set, if only to "", whether or not the
@@ -101,6 +128,14 @@ class Settings(BaseSettings):
         if not isinstance(value, str | list):
             raise ValueError("must be a comma-separated list of URLs")
         return parse_endpoints(value)
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = parse_hostport(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @field_validator("etcd_prefix")
     @classmethod

@@ -158,7 +158,8 @@ def plugin(engine: Engine, plugin_image: PluginImage) -> Iterator[Installed]:
     # Never the host's /var/lib/pyoverlay. The source must exist: runc refuses a missing one.
     state = engine.dir / "plugin-state"
     state.mkdir(mode=0o700)
-    engine.cli("plugin", "set", PLUGIN_NAME, f"state.source={engine_path(engine, state)}", "PYOVERLAY_LOG_LEVEL=debug")
+    engine.cli("plugin", "set", PLUGIN_NAME, f"state.source={engine_path(engine, state)}",
+               f"docker.source={engine_path(engine, engine.api_socket)}", "PYOVERLAY_LOG_LEVEL=debug")  # fmt: skip
     p = Installed(engine, plugin_id, state, timings)
     yield p
     log.info("managed plugin on dockerd %s: %s", engine.kind, json.dumps(p.timings))

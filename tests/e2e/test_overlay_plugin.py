@@ -34,6 +34,7 @@ def hosts(multihost: MultiHost, plugin_image: PluginImage) -> Iterator[list[Host
         state.mkdir(mode=0o700)
         h.cli(
             "plugin", "set", PLUGIN_NAME, f"state.source={engine_path(h.engine, state)}",
+            f"docker.source={engine_path(h.engine, h.engine.api_socket)}",
             "PYOVERLAY_STORE=etcd", f"PYOVERLAY_ETCD_ENDPOINTS={multihost.etcd_endpoints}",
             f"PYOVERLAY_ADVERTISE_ADDR={h.ip}", "PYOVERLAY_HOST_TTL=5", "PYOVERLAY_LOG_LEVEL=debug",
         )  # fmt: skip
