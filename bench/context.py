@@ -139,7 +139,7 @@ class Bench:
         self.engine: Engine | None = None
         self.driver: DriverProcess | None = None
         self._networks: set[str] = set()
-        self._procs: list[subprocess.Popen[Any]] = []
+        self.procs = Procs()
         self._outside: Outside | None = None
         self._lan: Lan | None = None
         self._handbuilt: HandBuilt | None = None
@@ -314,9 +314,31 @@ class Bench:
     # ------------------------------------------------------ helper processes
     def spawn(self, netns_path: str | Path, argv: Sequence[str]) -> subprocess.Popen[Any]:
         """Start `argv` in a network namespace (nsenter execs: the Popen PID is the process); tracked."""
+        return self.procs.spawn(netns_path, argv)
+
+    def stop_proc(self, p: subprocess.Popen[Any]) -> None:
+        self.procs.stop_proc(p)
+
+    def stop_procs(self) -> None:
+        self.procs.stop_procs()
+
+
+class Procs:
+    """Helper processes (iperf3 servers, pollers) started in namespaces, stopped by PID."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[Any]] = []
+
+    def spawn(
+        self, netns_path: str | Path, argv: Sequence[str], *, pipes: bool = False
+    ) -> subprocess.Popen[Any]:
+        """Start `argv` in a network namespace (nsenter execs: the Popen PID is the process); tracked.
+        `pipes`: text stdin/stdout pipes (a line protocol) instead of /dev/null."""
         p = subprocess.Popen(
             ["nsenter", f"--net={netns_path}", *argv],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipes else subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True, text=pipes,
         )
         self._procs.append(p)
         return p
@@ -329,6 +351,10 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+        for f in (p.stdin, p.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
         with contextlib.suppress(ValueError):
             self._procs.remove(p)
 

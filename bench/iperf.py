@@ -6,9 +6,10 @@ import json
 import logging
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.context import Bench, cpu_seconds
 
@@ -31,6 +32,13 @@ class IperfError(RuntimeError):
     pass
 
 
+class Spawner(Protocol):
+    """What starts and stops helper processes: a `Bench`, or a bare `bench.context.Procs`."""
+
+    def spawn(self, netns_path: str | Path, argv: Sequence[str]) -> subprocess.Popen[Any]: ...
+    def stop_proc(self, p: subprocess.Popen[Any]) -> None: ...
+
+
 def _listening(pid: int, port: int) -> bool:
     """Whether the process's netns has a TCP listener on `port` (from /proc/PID/net/tcp{,6})."""
     want = f":{port:04X}"
@@ -46,7 +54,7 @@ def _listening(pid: int, port: int) -> bool:
     return False
 
 
-def start_server(b: Bench, netns_path: str | Path, port: int = PORT, timeout: float = 10.0) -> subprocess.Popen[Any]:
+def start_server(b: Spawner, netns_path: str | Path, port: int = PORT, timeout: float = 10.0) -> subprocess.Popen[Any]:
     """A persistent `iperf3 -s` in the namespace; returns once it listens."""
     p = b.spawn(netns_path, ["iperf3", "-s", "-p", str(port)])
     deadline = time.monotonic() + timeout
@@ -103,11 +111,14 @@ def warm_and_interleave(
     return results, cpu_seconds(b.drv.pid or 0) - cpu0
 
 
-def interleave(flows: list[Flow], reps: int, seconds: int, what: str) -> dict[str, list[Result]]:
-    """`reps` rounds over all flows, the order rotated each round (each flow in each position equally often)."""
+def interleave(
+    flows: list[Flow], reps: int, seconds: int, what: str, run: Callable[[Flow, int], Result] = measure
+) -> dict[str, list[Result]]:
+    """`reps` rounds over all flows, the order rotated each round (each flow in each position equally often);
+    `run` measures one flow (default `measure`; a wrapper can read counters around it)."""
     out: dict[str, list[Result]] = {f.label: [] for f in flows}
     for i in range(reps):
         for f in flows[i % len(flows):] + flows[: i % len(flows)]:
-            out[f.label].append(measure(f, seconds))
+            out[f.label].append(run(f, seconds))
         log.info("%s: round %d/%d", what, i + 1, reps)
     return out

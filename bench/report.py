@@ -68,6 +68,7 @@ def verdict(ok: bool | None) -> str:
 @dataclass
 class Report:
     command: str
+    title: str = "pyoverlay benchmarks"
     context: list[tuple[str, str]] = field(default_factory=list)
     headlines: list[Headline] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
@@ -78,7 +79,7 @@ class Report:
         self.headlines.append(Headline(figure, value, target, verdict(ok)))
 
     def render(self) -> str:
-        out = ["## pyoverlay benchmarks", "", "```", f"$ {self.command}", "```", ""]
+        out = [f"## {self.title}", "", "```", f"$ {self.command}", "```", ""]
         out += [f"- {k}: {v}" for k, v in self.context]
         out.append("")
         if self.headlines:
