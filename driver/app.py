@@ -15,14 +15,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from driver.api.models import parse
 from driver.api.routes import VERBS, Services, Verb
-from driver.errors import DriverError, InvalidRequest
+from driver.errors import DriverError, InvalidRequest, TooLarge
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
+# dockerd's biggest bodies are well under 1 KiB (a CreateEndpoint with a few -p); 1 MiB
+# still takes ~10,000 published ports in one request.
+MAX_BODY = 1 << 20
 
 
 class PluginResponse(JSONResponse):
@@ -41,14 +45,34 @@ def decode(verb: str, raw: bytes) -> Any:
     return data
 
 
+async def read_body(verb: str, request: Request) -> bytes:
+    """The body, refused with 413 once it passes ``MAX_BODY``: from Content-Length before
+    reading any of it, and while streaming a chunked one (never held whole)."""
+    too_large = TooLarge(f"{verb}: request body larger than {MAX_BODY} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and (len(length) > 12 or int(length) > MAX_BODY):
+        raise too_large
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest(f"{verb}: the client closed the connection before the body was complete") from None
+    return b"".join(chunks)
+
+
 def _endpoint(path: str, verb: Verb, services: Services) -> Any:
     name = path.lstrip("/")
 
     async def endpoint(request: Request) -> PluginResponse:
         started = time.perf_counter()
         body = None
+        raw = await read_body(name, request)  # bounded even for the verbs that take no body
         if verb.model is not None:
-            body = parse(verb.model, name, decode(name, await request.body()))
+            body = parse(verb.model, name, decode(name, raw))
         result = await verb.handler(services, body)
         log.debug("%s answered in %.1f ms", name, (time.perf_counter() - started) * 1000)
         return PluginResponse(result)

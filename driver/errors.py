@@ -9,6 +9,7 @@ non-200 answer, for the IPAM API too).
      │                            unknown network/endpoint ID
      ├── Conflict (409)           address taken, pool overlaps, port already published
      ├── Exhausted (409)          no free address / pool left
+     ├── TooLarge (413)           a request body over the size limit
      ├── Unsupported (501)        the kernel or host lacks what the request needs
      └── Unavailable (503)        a bounded wait (kernel, iptables, store) ran out
 
@@ -40,6 +41,10 @@ class Conflict(DriverError):
 
 class Exhausted(DriverError):
     status = 409
+
+
+class TooLarge(DriverError):
+    status = 413
 
 
 class Unsupported(DriverError):
