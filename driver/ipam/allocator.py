@@ -66,6 +66,19 @@ def default_candidates(specs: Iterable[str]) -> Iterator[IPNet]:
         yield from ipaddress.ip_network(base).subnets(new_prefix=int(size))
 
 
+def size_only(net: IPNet) -> int | None:
+    """Docker 29's "any pool of this size": ``0.0.0.0/24`` or ``::/96`` (moby#50114)."""
+    return net.prefixlen if int(net.network_address) == 0 and net.prefixlen > 0 else None
+
+
+def sized_candidates(specs: Iterable[str], prefixlen: int) -> Iterator[IPNet]:
+    """Subnets of ``prefixlen`` from the bases of ``base/len:size`` specs (their size aside)."""
+    for spec in specs:
+        base = ipaddress.ip_network(spec.rpartition(":")[0])
+        if prefixlen >= base.prefixlen:
+            yield from base.subnets(new_prefix=prefixlen)
+
+
 def pick_pool(candidates: Iterable[IPNet], avoid: Iterable[IPNet]) -> IPNet | None:
     """The first candidate that overlaps nothing in ``avoid``."""
     avoid = list(avoid)

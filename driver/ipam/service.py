@@ -55,13 +55,15 @@ class IpamService:
                 f"AddressSpace: unknown address space {space!r} (pyoverlay serves {LOCAL_SPACE}, {GLOBAL_SPACE})"
             )
         held = [(p.id, ipaddress.ip_network(p.pool)) for p in self.repo.pools() if p.space == space]
-        if pool:
-            net = allocator.parse_network("Pool", pool, v6=v6)
+        requested = allocator.parse_network("Pool", pool, v6=v6) if pool else None
+        size = allocator.size_only(requested) if requested is not None else None
+        if requested is not None and size is None:
+            net = requested
             allocator.check_overlap("Pool", net, held)
         else:
             if subpool:
                 raise InvalidRequest("SubPool: an --ip-range needs a --subnet")
-            net = self._pick(v6, [n for _, n in held])
+            net = self._pick(v6, [n for _, n in held], size)
         sub = None
         if subpool:
             sub = allocator.parse_network("SubPool", subpool, v6=v6)
@@ -78,13 +80,15 @@ class IpamService:
         self.repo.put_pool(rec)
         return rec
 
-    def _pick(self, v6: bool, held: list[IPNet]) -> IPNet:
+    def _pick(self, v6: bool, held: list[IPNet], size: int | None = None) -> IPNet:
         specs = self.default_v6 if v6 else self.default_v4
+        candidates = allocator.default_candidates(specs) if size is None else allocator.sized_candidates(specs, size)
         # Host routes count as taken: dockerd would reject an overlapping pick and ask
         # again, and never returning the same overlapping pool twice avoids its loop.
-        picked = allocator.pick_pool(allocator.default_candidates(specs), held + self.host_routes())
+        picked = allocator.pick_pool(candidates, held + self.host_routes())
         if picked is None:
-            raise Exhausted(f"no free {'IPv6' if v6 else 'IPv4'} pool left in the defaults {specs}")
+            what = f"/{size} " if size is not None else ""
+            raise Exhausted(f"no free {'IPv6' if v6 else 'IPv4'} {what}pool left in the defaults {specs}")
         return picked
 
     def release_pool(self, pool_id: str) -> None:

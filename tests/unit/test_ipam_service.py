@@ -6,7 +6,7 @@ import pytest
 from driver.errors import Conflict, Exhausted, InvalidRequest
 from driver.ipam.addresses import LocalAddressBook, migrate
 from driver.ipam.service import GATEWAY_TYPE, GLOBAL_SPACE, LOCAL_SPACE, IpamService
-from driver.state import AddressRecord, Repo
+from driver.state import AddressRecord, PoolRecord, Repo
 from driver.store.local import LocalStore
 from driver.store.memory import MemoryStore
 
@@ -207,5 +207,18 @@ def test_ipv6_64_with_a_high_explicit_address_stays_small(tmp_path: Path) -> Non
 
 
 def test_low_ipv6_addresses_stay_ipv6(ipam: IpamService) -> None:
-    pool = ipam.request_pool(LOCAL_SPACE, "::/64", "", {}, True)
-    assert ipam.request_address(pool.id, "", {}) == "::1/64"
+    # A pool at :: itself (only reachable without request_pool, where ::/N means "any /N")
+    ipam.repo.put_pool(PoolRecord(id=f"{LOCAL_SPACE}/::/64", space=LOCAL_SPACE, pool="::/64", v6=True))
+    assert ipam.request_address(f"{LOCAL_SPACE}/::/64", "", {}) == "::1/64"
+
+
+def test_docker_29_size_only_pools_pick_a_free_pool_of_that_size(tmp_path: Path) -> None:
+    ipam = local(tmp_path)
+    first = ipam.request_pool("", "0.0.0.0/24", "", {}, False)
+    second = ipam.request_pool("", "0.0.0.0/26", "", {}, False)
+    six = ipam.request_pool("", "::/96", "", {}, True)
+    assert first.pool == "10.200.0.0/24"
+    assert second.pool == "10.200.1.0/26", "not inside the /24 already held"
+    assert six.pool == "fd70::/96"
+    with pytest.raises(Exhausted, match=r"no free IPv4 /8 pool left"):
+        ipam.request_pool("", "0.0.0.0/8", "", {}, False)
