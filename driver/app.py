@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from driver.api.models import parse
 from driver.api.routes import VERBS, Services, Verb
 from driver.errors import DriverError, InvalidRequest, TooLarge
+from driver.ops.logcontext import bind_request
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,28 @@ async def read_body(verb: str, request: Request) -> bytes:
 
 def _endpoint(path: str, verb: Verb, services: Services) -> Any:
     name = path.lstrip("/")
+    activity = services.activity
 
     async def endpoint(request: Request) -> PluginResponse:
+        # The one place requests are counted and timed, whatever the verb or outcome.
         started = time.perf_counter()
-        body = None
-        raw = await read_body(name, request)  # bounded even for the verbs that take no body
-        if verb.model is not None:
-            body = parse(verb.model, name, decode(name, raw))
-        result = await verb.handler(services, body)
-        log.debug("%s answered in %.1f ms", name, (time.perf_counter() - started) * 1000)
-        return PluginResponse(result)
+        token = activity.started(name)
+        status = 500
+        try:
+            body = None
+            raw = await read_body(name, request)  # bounded even for the verbs that take no body
+            if verb.model is not None:
+                body = parse(verb.model, name, decode(name, raw))
+                bind_request(body)  # every line logged for this request names its IDs
+            result = await verb.handler(services, body)
+            status = 200
+            return PluginResponse(result)
+        except DriverError as exc:
+            status = exc.status
+            raise
+        finally:
+            activity.finished(token, status)
+            log.debug("%s answered %d in %.1f ms", name, status, (time.perf_counter() - started) * 1000)
 
     endpoint.__name__ = name.replace(".", "_")
     return endpoint

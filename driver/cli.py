@@ -45,7 +45,6 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the full answer as JSON")
     doctor = sub.add_parser("doctor", help="check this host for what the driver needs (read-only)")
     _settings_flags(doctor)
-    doctor.add_argument("--docker-host", help="dockerd's API (env DOCKER_HOST, default unix:///var/run/docker.sock)")
     return p
 
 
@@ -56,9 +55,32 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="env PYOVERLAY_LOG_LEVEL, default info"
     )
-    cluster = p.add_argument_group("cluster store (overlay networks)")
-    for flag, text in _CLUSTER_FLAGS.items():
-        cluster.add_argument(flag, help=f"{text} (env {_env(flag)})")
+    for title, flags in (("cluster store (overlay networks)", _CLUSTER_FLAGS), ("docker", _DOCKER_FLAGS)):
+        group = p.add_argument_group(title)
+        for flag, text in flags.items():
+            group.add_argument(flag, help=f"{text} (env {_env(flag)})")
+
+
+_CLUSTER_FLAGS = {
+    "--store": "local (default: the embedded store) or etcd (needed by overlay networks)",
+    "--etcd-endpoints": "etcd client URLs, comma-separated: http(s)://HOST:PORT[,...]",
+    "--etcd-ca": "CA certificate to verify etcd with",
+    "--etcd-cert": "client certificate for etcd",
+    "--etcd-key": "client key for etcd",
+    "--etcd-prefix": "key prefix in etcd (default /pyoverlay)",
+    "--advertise-addr": "this host's VTEP address, an IP or an interface (default: the default route's source)",
+    "--host-ttl": "seconds a host stays in the cluster after its last lease renewal (default 15)",
+    "--vxlan-port": "UDP port of the VXLAN tunnels (default 4789)",
+    "--resync-interval": "seconds between full re-checks of peers and of this host's records (default 30)",
+}
+_DOCKER_FLAGS = {
+    "--docker-host": "dockerd's API, read in the background only (default unix:///var/run/docker.sock)",
+    "--gc-interval": "seconds between comparisons with dockerd's networks and endpoints (default 60, 0: off)",
+}
+_METRICS_FLAGS = {
+    "--metrics-socket": "serve GET /metrics on this Unix socket",
+    "--metrics-addr": "serve GET /metrics on this IP:PORT, e.g. 127.0.0.1:9450",
+}
 
 
 def _env(flag: str) -> str:
@@ -124,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from driver.ops.doctor_cli import run as doctor
 
-        return doctor(_overrides(args, socket_path), args.docker_host)
+        return doctor(_overrides(args, socket_path))
     return _serve(args, socket_path)
 
 
 def _overrides(args: argparse.Namespace, socket_path: Path) -> dict[str, object]:
     state_dir = Path(args.state_dir or os.environ.get("PYOVERLAY_STATE_DIR") or DEFAULT_STATE_DIR)
     overrides: dict[str, object] = {"socket": socket_path, "state_dir": state_dir}
-    for flag in ("--log-level", *_CLUSTER_FLAGS, *(_METRICS_FLAGS if args.command == "serve" else ())):
+    flags = ["--log-level", *_CLUSTER_FLAGS, *_DOCKER_FLAGS, *(_METRICS_FLAGS if args.command == "serve" else ())]
+    for flag in flags:
         name = flag[2:].replace("-", "_")
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

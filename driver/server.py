@@ -16,7 +16,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from driver import __version__
-
 from driver.api.routes import Services
 from driver.app import create_app
 from driver.cluster.base import ClusterStore
@@ -136,6 +135,15 @@ def _startup(services: Services, nl: Netlink, node: Node | None, metrics: Driver
             node.sync.ready.set()
 
 
+def _docker_gc(settings: Settings, services: Services) -> DockerGC | None:
+    if settings.gc_interval <= 0:
+        return None
+    return DockerGC(
+        services.network.repo, DockerAPI(settings.docker_host), services.worker.submit,
+        services.network.delete_network, services.network.delete_endpoint, interval=settings.gc_interval,
+    )
+
+
 def _metrics_server(settings: Settings, metrics: DriverMetrics) -> tuple[MetricsServer | None, list[Path]]:
     """Start the metrics listeners asked for; the Unix socket files to remove at exit."""
     if settings.metrics_socket is None and settings.metrics_addr is None:
@@ -171,12 +179,14 @@ def serve(sock: socket.socket, overrides: dict[str, Any]) -> int:
         # GetCapabilities) stays responsive meanwhile.
         if node is not None:
             node.start()
-        services.worker.submit(_startup, services, nl, node)
+        services.worker.submit(_startup, services, nl, node, metrics)
         if gc is not None:
             gc.start()
         yield
         if gc is not None:
             await asyncio.to_thread(gc.stop)
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.stop)
         services.worker.submit(nl.close)
         await asyncio.to_thread(services.worker.shutdown)
         if node is not None:

@@ -1,6 +1,13 @@
 """The verbs: decode a request, call a service on the worker, encode the answer.
 
 Nothing here decides anything; each handler is a line or two over the services.
+
+Beyond dockerd's verbs there is exactly one path, ``/Pyoverlay.Status``, for ``pyoverlay
+status``: read-only, answered from memory, never queued on the worker. It is on this
+socket rather than a second one because this socket already has the right owner and
+mode (root, 0660, where dockerd and admins look), and because a managed plugin exposes
+one socket only. dockerd never calls it (it only calls the verbs it knows), and every
+other unknown path still gets dockerd's 404.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from typing import Any
 from driver.api import models as m
 from driver.ipam.service import IpamService
 from driver.network.service import NetworkService
+from driver.ops.activity import Activity
+from driver.ops.client import STATUS_VERB
+from driver.ops.status import StatusSource
 from driver.worker import Worker
 
 
@@ -20,6 +30,8 @@ class Services:
     network: NetworkService
     ipam: IpamService
     worker: Worker
+    status: StatusSource
+    activity: Activity
 
 
 Handler = Callable[[Services, Any], Awaitable[dict[str, Any]]]
@@ -135,6 +147,10 @@ async def release_address(s: Services, r: m.ReleaseAddressRequest) -> dict[str, 
     return {}
 
 
+async def status(s: Services, _: None) -> dict[str, Any]:
+    return await s.status.snapshot()
+
+
 VERBS: dict[str, Verb] = {
     "/Plugin.Activate": Verb(None, activate),
     "/NetworkDriver.GetCapabilities": Verb(None, net_capabilities),
@@ -158,4 +174,5 @@ VERBS: dict[str, Verb] = {
     "/IpamDriver.ReleasePool": Verb(m.PoolRequest, release_pool),
     "/IpamDriver.RequestAddress": Verb(m.RequestAddressRequest, request_address),
     "/IpamDriver.ReleaseAddress": Verb(m.ReleaseAddressRequest, release_address),
+    f"/{STATUS_VERB}": Verb(None, status),
 }

@@ -1,0 +1,1 @@
+"""Operating the driver: status, metrics, doctor, logging; none of it changes a network."""
