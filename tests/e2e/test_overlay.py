@@ -10,12 +10,13 @@ working cluster. Every negative check follows the positive control showing the p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -237,77 +238,60 @@ def test_mismatched_settings_are_refused_naming_the_clusters_value(app: MultiHos
     assert not keys(app, "/pyoverlay/subnets/10.62.0.0_16")
 
 
+@contextlib.contextmanager
+def overlay_on(hosts: Sequence[HostNode], net: str, *args: str) -> Iterator[None]:
+    """Overlay ``net`` (also its cluster name) on ``hosts``, a container ``<net><index>`` on
+    each; both removed afterwards, whatever the test did."""
+    try:
+        for h in hosts:
+            r = create(h, net, net, *args)
+            assert r.returncode == 0, r.stderr
+        for h in hosts:
+            h.run_container(f"{net}{h.index}", "--network", net)
+        yield
+    finally:
+        for h in hosts:
+            h.cli("rm", "-f", f"{net}{h.index}", check=False)
+            h.cli("network", "rm", net, check=False)
+
+
 def test_two_overlays_are_isolated(app: MultiHost) -> None:
     h1, h2 = app[0], app[1]
-    for h in (h1, h2):
-        assert create(h, "b", "b", "--subnet", "10.61.0.0/16").returncode == 0
-    try:
-        h1.run_container("b1", "--network", "b")
-        h2.run_container("b2", "--network", "b")
+    with overlay_on((h1, h2), "b", "--subnet", "10.61.0.0/16"):
         b1 = ip_of(h1, "b1", "b")
         assert h2.ping("b2", b1), "control: b1 is reachable on its own overlay"
         assert vxlan(h1, "b") != vxlan(h1, "app")
         assert not h2.ping("c2", b1), "from app on another host"
         assert not h1.ping("c1", b1), "from app on the same host"
-    finally:
-        for h, c in ((h1, "b1"), (h2, "b2")):
-            h.cli("rm", "-f", c, check=False)
-            h.cli("network", "rm", "b", check=False)
 
 
 def test_icc_false_holds_across_hosts(app: MultiHost) -> None:
     h1, h2 = app[0], app[1]
-    for h in (h1, h2):
-        icc = ("-o", "com.docker.network.bridge.enable_icc=false")
-        assert create(h, "q", "q", *icc, "--subnet", "10.68.0.0/16").returncode == 0
-    try:
-        h1.run_container("q1", "--network", "q")
-        h2.run_container("q2", "--network", "q")
+    with overlay_on((h1, h2), "q", "-o", "com.docker.network.bridge.enable_icc=false", "--subnet", "10.68.0.0/16"):
         q2 = ip_of(h2, "q2", "q")
         wait_for("h1 programs q2", lambda: h2.container_mac("q2") in h1.fdb(vxlan(h1, "q")))
         assert h1.ping("q1", "10.68.0.1"), "control: q1 reaches its gateway"
         assert h1.ping("c1", ip_of(h2, "c2")), "control: the same two hosts talk on an icc=true overlay"
         assert not h1.ping("q1", q2)
-    finally:
-        for h, c in ((h1, "q1"), (h2, "q2")):
-            h.cli("rm", "-f", c, check=False)
-            h.cli("network", "rm", "q", check=False)
 
 
 def test_internal_overlay_has_no_way_out(app: MultiHost) -> None:
     h1, h2 = app[0], app[1]
-    for h in (h1, h2):
-        assert create(h, "in", "in", "--internal", "--subnet", "10.66.0.0/16").returncode == 0
-    try:
-        h1.run_container("i1", "--network", "in")
-        h2.run_container("i2", "--network", "in")
-        assert h1.ping("i1", ip_of(h2, "i2", "in")), "control: across hosts inside the overlay"
+    with overlay_on((h1, h2), "in", "--internal", "--subnet", "10.66.0.0/16"):
+        assert h1.ping("in1", ip_of(h2, "in2", "in")), "control: across hosts inside the overlay"
         assert h1.ping("c1", OUTSIDE_IP), "control: the outside answers"
-        assert not h1.ping("i1", OUTSIDE_IP)
-    finally:
-        for h, c in ((h1, "i1"), (h2, "i2")):
-            h.cli("rm", "-f", c, check=False)
-            h.cli("network", "rm", "in", check=False)
+        assert not h1.ping("in1", OUTSIDE_IP)
 
 
 def test_dual_stack_overlay(app: MultiHost) -> None:
     h1, h3 = app[0], app[2]
-    for h in (h1, h3):
-        r = create(h, "ds", "ds", "--ipv6", "--subnet", "10.64.0.0/16", "--subnet", "fd64::/64")
-        assert r.returncode == 0, r.stderr
-    try:
-        h1.run_container("d1", "--network", "ds")
-        h3.run_container("d3", "--network", "ds")
-        v6 = json.loads(h1.cli("inspect", "-f", "{{json .NetworkSettings.Networks.ds}}", "d1").stdout)
+    with overlay_on((h1, h3), "ds", "--ipv6", "--subnet", "10.64.0.0/16", "--subnet", "fd64::/64"):
+        v6 = json.loads(h1.cli("inspect", "-f", "{{json .NetworkSettings.Networks.ds}}", "ds1").stdout)
         six = v6["GlobalIPv6Address"]
         assert six.startswith("fd64::")
-        wait_for("h3 has d1's IPv6 neighbour", lambda: six in h3.neigh(vxlan(h3, "ds")))
-        assert h3.engine.cli("exec", "d3", "ping", "-6", "-c1", "-W2", six, check=False).returncode == 0
-        assert h3.ping("d3", ip_of(h1, "d1", "ds"))
-    finally:
-        for h, c in ((h1, "d1"), (h3, "d3")):
-            h.cli("rm", "-f", c, check=False)
-            h.cli("network", "rm", "ds", check=False)
+        wait_for("h3 has ds1's IPv6 neighbour", lambda: six in h3.neigh(vxlan(h3, "ds")))
+        assert h3.engine.cli("exec", "ds3", "ping", "-6", "-c1", "-W2", six, check=False).returncode == 0
+        assert h3.ping("ds3", ip_of(h1, "ds1", "ds"))
 
 
 # ----------------------------------------------------------------- membership and convergence
