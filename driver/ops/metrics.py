@@ -119,7 +119,9 @@ class Histogram(Metric):
             running = 0
             for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
                 running += n
-                le = ("le", format_value(bound))
+                # Bounds as floats ("1.0", not "1"), as other exporters spell them, so
+                # the series of one bucket match across exporters.
+                le = ("le", "+Inf" if math.isinf(bound) else repr(float(bound)))
                 out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {running}")
             out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {format_value(total)}")
             out.append(f"{self.name}_count{_labels(self.labelnames, key)} {running}")

@@ -21,7 +21,7 @@ from driver import __version__
 from driver.cluster.node import Node
 from driver.errors import Unavailable
 from driver.firewall.rules import PROTOCOLS
-from driver.network.modes.bridge import bridge_name
+from driver.network.modes.bridge import DEFAULT_MTU, bridge_name
 from driver.ops.activity import Activity
 from driver.ops.client import STATUS_VERB
 from driver.ops.measured_store import StoreHealth
@@ -54,14 +54,15 @@ class StatusSource:
     health: StoreHealth | None = None
     sightings: PeerSightings | None = None
     started_at: float = field(default_factory=time.monotonic)
+    timeout: float = COLLECT_TIMEOUT
 
     async def snapshot(self) -> dict[str, Any]:
         """``collect`` off the event loop (dockerd's requests keep flowing) and off the
-        worker (never queued behind a slow call), within ``COLLECT_TIMEOUT``."""
+        worker (never queued behind a slow call), within ``timeout``."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self.collect), COLLECT_TIMEOUT)
+            return await asyncio.wait_for(asyncio.to_thread(self.collect), self.timeout)
         except TimeoutError:
-            raise Unavailable(f"status: not collected within {COLLECT_TIMEOUT:g}s") from None
+            raise Unavailable(f"status: not collected within {self.timeout:g}s") from None
 
     def collect(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -91,7 +92,8 @@ class StatusSource:
             "internal": cfg.internal,
             "bridge": bridge_name(net) if cfg.mode != "macvlan" else None,
             "parent": cfg.parent,
-            "mtu": net.overlay.mtu if net.overlay else cfg.mtu,
+            # macvlan without -o mtu: the parent's, which only the kernel knows.
+            "mtu": net.overlay.mtu if net.overlay else cfg.mtu or (None if cfg.mode == "macvlan" else DEFAULT_MTU),
             "subnets": [{"pool": s.pool, "gateway": s.gateway} for s in (*net.ipv4, *net.ipv6)],
             "overlay": None,
             "endpoints": [_endpoint(e) for e in sorted(eps, key=lambda e: e.id)],
