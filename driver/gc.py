@@ -15,8 +15,10 @@ answered, dockerd not yet done) is listed by the next. When the API cannot be re
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +34,10 @@ class DockerView(Protocol):
 
     def endpoints(self, network_id: str) -> set[str]:
         """Endpoint IDs dockerd has on ``network_id``."""
+
+    def addresses(self) -> dict[str, set[str]]:
+        """Per subnet of any of dockerd's networks, the addresses it uses there: gateway,
+        aux addresses and its containers' (bare IPs)."""
 
 
 class DockerAPI:
@@ -56,10 +62,46 @@ class DockerAPI:
         info = self._api().inspect_network(network_id)
         return {str(c["EndpointID"]) for c in (info.get("Containers") or {}).values() if c.get("EndpointID")}
 
+    def addresses(self) -> dict[str, set[str]]:
+        used: dict[str, set[str]] = {}
+        for summary in self._api().networks():
+            configs = (summary.get("IPAM") or {}).get("Config") or []
+            if not configs:
+                continue
+            info = self._api().inspect_network(summary["Id"])
+            for cfg in configs:
+                subnet = cfg.get("Subnet")
+                if not subnet:
+                    continue
+                ips = used.setdefault(str(ipaddress.ip_network(subnet, strict=False)), set())
+                ips |= {_bare(a) for a in [cfg.get("Gateway"), *(cfg.get("AuxiliaryAddresses") or {}).values()] if a}
+                for c in (info.get("Containers") or {}).values():
+                    ips |= {_bare(c[k]) for k in ("IPv4Address", "IPv6Address") if c.get(k)}
+        return used
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _bare(addr: str) -> str:
+    return str(ipaddress.ip_interface(addr).ip)
+
+
+@dataclass
+class Aging:
+    """What has been missing from dockerd's view, and since when (monotonic seconds)."""
+
+    since: dict[str, float] = field(default_factory=dict)
+
+    def due(self, missing: set[str], now: float, grace: float) -> set[str]:
+        """Keys missing now *and* continuously for at least ``grace`` seconds."""
+        self.since = {k: self.since.get(k, now) for k in missing}
+        ready = {k for k, t in self.since.items() if now - t >= grace}
+        for k in ready:
+            del self.since[k]
+        return ready
 
 
 @dataclass
@@ -93,7 +135,18 @@ class DockerGC:
         delete_endpoint: Callable[[str, str], None],
         *,
         interval: float = 60.0,
+        release_address: Callable[[str, str], None] | None = None,
+        release_pool: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Addresses and pools are collected much later than networks: between IPAM's
+        # answer and the endpoint dockerd records there is no trace of them anywhere, and
+        # a container start on a loaded host can take seconds.
+        self.release_address = release_address
+        self.release_pool = release_pool
+        self.clock = clock
+        self.grace = 10 * interval
+        self.aging = Aging()
         self.repo = repo
         self.docker = docker
         self.submit = submit
@@ -125,7 +178,8 @@ class DockerGC:
                 if not unreachable_logged:
                     log.warning("cannot compare with dockerd's objects (%s: %s); will retry", type(err).__name__, err)
                     unreachable_logged = True
-                self.collector = Collector()  # two *consecutive* reads, not two in a row of successes
+                # Misses must be consecutive reads, not reads around an outage.
+                self.collector, self.aging = Collector(), Aging()
 
     def scan(self) -> None:
         nets = {n.id: n for n in self.repo.networks() if n.status == "ready"}
@@ -143,4 +197,32 @@ class DockerGC:
             log.warning("endpoint %s (network %s): dockerd no longer has it; deleting it", eid[:12],
                         ours_eps[eid][:12])  # fmt: skip
             self.submit(self.delete_endpoint, ours_eps[eid], eid)
+            self.collected += 1
+        if self.release_address is not None and self.release_pool is not None:
+            self._ipam(set(nets))
+
+    def _ipam(self, ours: set[str]) -> None:
+        """Pools and addresses our IPAM holds that none of dockerd's networks uses: what a
+        RequestPool/RequestAddress left when the driver died before answering it (dockerd's
+        retry arrives with an empty body, is refused, and dockerd never releases)."""
+        assert self.release_address is not None and self.release_pool is not None
+        used = self.docker.addresses()
+        in_use = {ep.address.split("/")[0] for ep in self.repo.endpoints() if ep.address} | {
+            ep.address_v6.split("/")[0] for ep in self.repo.endpoints() if ep.address_v6
+        }
+        missing: set[str] = set()
+        for pool in self.repo.pools():
+            if pool.pool not in used:
+                missing.add(f"pool {pool.id}")
+                continue
+            for rec in self.repo.addresses(pool.id):
+                if rec.address not in used[pool.pool] and rec.address not in in_use:
+                    missing.add(f"address {pool.id} {rec.address}")
+        for key in sorted(self.aging.due(missing, self.clock(), self.grace)):
+            kind, pool_id, *rest = key.split(" ")
+            log.warning("%s: no network of dockerd's uses it any more; releasing it", key)
+            if kind == "pool":
+                self.submit(self.release_pool, pool_id)
+            else:
+                self.submit(self.release_address, pool_id, rest[0])
             self.collected += 1

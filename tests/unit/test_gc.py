@@ -8,7 +8,7 @@ import pytest
 
 from driver.gc import Collector, DockerGC
 from driver.network.options import NetworkConfig
-from driver.state import EndpointRecord, NetworkRecord, Repo
+from driver.state import AddressRecord, EndpointRecord, NetworkRecord, PoolRecord, Repo
 from driver.store.memory import MemoryStore
 
 
@@ -17,7 +17,11 @@ class FakeDocker:
 
     def __init__(self) -> None:
         self.nets: dict[str, set[str]] = {}
+        self.used: dict[str, set[str]] = {}
         self.down = False
+
+    def addresses(self) -> dict[str, set[str]]:
+        return {k: set(v) for k, v in self.used.items()}
 
     def networks(self) -> set[str]:
         if self.down:
@@ -83,4 +87,42 @@ def test_nothing_is_collected_while_dockerd_lists_it_or_cannot_be_asked(
     docker.down = True
     with pytest.raises(ConnectionRefusedError):
         gc.scan()
+    assert calls == []
+
+
+def test_addresses_and_pools_nobody_uses_are_released_after_the_grace(tmp_path: object) -> None:
+    repo = Repo(MemoryStore())
+    repo.put_pool(PoolRecord(id="S/10.9.0.0/24", space="S", pool="10.9.0.0/24"))
+    repo.put_pool(PoolRecord(id="S/10.8.0.0/24", space="S", pool="10.8.0.0/24"))  # its network is gone
+    for ip, purpose in (("10.9.0.1", "gateway"), ("10.9.0.2", "dynamic"), ("10.9.0.3", "dynamic"),
+                        ("10.9.0.4", "dynamic")):  # fmt: skip
+        repo.put_address(AddressRecord(pool="S/10.9.0.0/24", address=ip, purpose=purpose))
+    repo.put_network(NetworkRecord(id="n1", status="ready", config=NetworkConfig()))
+    # .4 is an endpoint of ours dockerd has not recorded yet (a start in flight)
+    repo.put_endpoint(EndpointRecord(id="e4", network_id="n1", status="ready", address="10.9.0.4/24",
+                                     host_if="h", ctr_if="c"))  # fmt: skip
+    docker = FakeDocker()
+    docker.nets = {"n1": {"e4"}}
+    docker.used = {"10.9.0.0/24": {"10.9.0.1", "10.9.0.2"}}
+    now = [0.0]
+    calls: list[tuple[object, ...]] = []
+
+    def release_address(pool_id: str, ip: str) -> None: ...
+
+    def release_pool(pool_id: str) -> None: ...
+
+    gc = DockerGC(repo, docker, lambda fn, *a: calls.append((fn.__name__, *a)), lambda n: None,
+                  lambda n, e: None, interval=1, release_address=release_address, release_pool=release_pool,
+                  clock=lambda: now[0])  # fmt: skip
+    gc.scan()
+    now[0] = 9.0
+    gc.scan()
+    assert calls == [], "not before the grace (10 intervals)"
+    now[0] = 10.0
+    gc.scan()
+    assert sorted(calls) == [("release_address", "S/10.9.0.0/24", "10.9.0.3"), ("release_pool", "S/10.8.0.0/24")]
+    docker.used["10.9.0.0/24"].add("10.9.0.3")
+    calls.clear()
+    now[0] = 30.0
+    gc.scan()
     assert calls == []
