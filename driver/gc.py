@@ -216,6 +216,10 @@ class DockerGC:
                 missing.add(f"pool {pool.id}")
                 continue
             for rec in self.repo.addresses(pool.id):
+                # dockerd shows only a gateway the user gave, not one the IPAM picked: the
+                # gateway lives as long as its pool, collected with it.
+                if rec.purpose == "gateway":
+                    continue
                 if rec.address not in used[pool.pool] and rec.address not in in_use:
                     missing.add(f"address {pool.id} {rec.address}")
         for key in sorted(self.aging.due(missing, self.clock(), self.grace)):

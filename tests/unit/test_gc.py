@@ -103,7 +103,7 @@ def test_addresses_and_pools_nobody_uses_are_released_after_the_grace(tmp_path: 
                                      host_if="h", ctr_if="c"))  # fmt: skip
     docker = FakeDocker()
     docker.nets = {"n1": {"e4"}}
-    docker.used = {"10.9.0.0/24": {"10.9.0.1", "10.9.0.2"}}
+    docker.used = {"10.9.0.0/24": {"10.9.0.2"}}  # the gateway IPAM picked is not shown
     now = [0.0]
     calls: list[tuple[object, ...]] = []
 
