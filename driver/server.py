@@ -141,6 +141,7 @@ def _docker_gc(settings: Settings, services: Services) -> DockerGC | None:
     return DockerGC(
         services.network.repo, DockerAPI(settings.docker_host), services.worker.submit,
         services.network.delete_network, services.network.delete_endpoint, interval=settings.gc_interval,
+        release_address=services.ipam.release_address, release_pool=services.ipam.release_pool,
     )
 
 
