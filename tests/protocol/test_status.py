@@ -94,14 +94,15 @@ def test_dockerd_never_sees_more_paths() -> None:
 
 
 def _slow_iptables(bin_dir: Path, marker: Path) -> dict[str, str]:
-    """An iptables-restore that takes 3 s while ``marker`` exists: a busy worker, made
-    inside the test's namespace only (the real one runs after the sleep)."""
+    """iptables-restore (under each name the driver may pick) taking 3 s while ``marker``
+    exists: a busy worker, made for the test's driver only (the real one runs after)."""
     bin_dir.mkdir(parents=True)
-    real = shutil.which("iptables-restore")
-    assert real is not None
-    wrapper = bin_dir / "iptables-restore"
-    wrapper.write_text(f'#!/bin/sh\n[ -e "{marker}" ] && sleep 3\nexec {real} "$@"\n')
-    wrapper.chmod(0o755)
+    for name in ("iptables-restore", "iptables-nft-restore", "iptables-legacy-restore"):
+        real = shutil.which(name)
+        if real is not None:
+            wrapper = bin_dir / name
+            wrapper.write_text(f'#!/bin/sh\n[ -e "{marker}" ] && sleep 3\nexec {real} "$@"\n')
+            wrapper.chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
