@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default all)")
     o.add_argument("--kinds", metavar="A,B", help="engines of hosts A and B (default 20.10,20.10: swarm does not "
                    "attach on 28.5 in this lab)")
+    o.add_argument("--driver-rev", metavar="REV", help="run the driver of this commit (`git archive`) instead of a "
+                   "copy of the work tree")
     o.add_argument("--reps", type=int, metavar="N", help="throughput rounds (default 7)")
     o.add_argument("--iperf-seconds", type=int, metavar="S", help="length of each iperf3 run (default 5)")
     o.add_argument("--sizes", metavar="LIST", help="convergence: endpoints already on the network (default 1,10,100)")
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     code: int | str | None = None
     if names == [OVERLAY]:
         rep.title = "pyoverlay overlay benchmark (multi-host)"
-        code, teardown_errors = overlay.run_all(overlay_config(cfg, args, p), rep, durations)
+        code, teardown_errors = overlay.run_all(overlay_config(cfg, args, p), rep, durations, args.driver_rev)
         rep.context.append(("mode", "quick (smoke run: too few repetitions to quote)" if args.quick else "full"))
         return _finish(args, rep, code=code, teardown_errors=teardown_errors, started=started, load0=load0,
                        durations=durations)

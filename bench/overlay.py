@@ -61,6 +61,7 @@ FAKE = "fake"  # fake host ids start with it: one `del --prefix` removes every f
 TXN_OPS = 120  # etcd's default --max-txn-ops is 128
 PARALLEL = 4  # concurrent `docker run -d` for background endpoints
 TTL = 5
+BIG_DUTY = 0.1  # the poller's CPU share while it watches 1,000s of rows (2 cores, the driver needs them)
 WARM_HOLD = 5.0  # seconds a plain restart is watched for rows going missing
 PO, HAND, SWARM = "pyoverlay overlay", "hand-built bridge+vxlan (ceiling)", "Docker overlay (swarm)"
 FRAG_FIELDS = ("FragCreates", "FragOKs", "FragFails", "ReasmReqds")
@@ -98,7 +99,7 @@ def _driver_args(h: HostNode) -> list[str]:
 
 
 @contextlib.contextmanager
-def _lab(kinds: tuple[str, ...], rev: list[str]) -> Iterator[tuple[OverlayLab, list[str]]]:
+def _lab(kinds: tuple[str, ...], rev: list[str], driver_rev: str | None) -> Iterator[tuple[OverlayLab, list[str]]]:
     """The multi-host lab with a copy of driver/ taken now; yields (lab, teardown errors filled on exit)."""
     session = LabSession()
     mh = MultiHost(session, kinds=(*kinds, kinds[0]), driver_args=_driver_args)
@@ -109,9 +110,18 @@ def _lab(kinds: tuple[str, ...], rev: list[str]) -> Iterator[tuple[OverlayLab, l
         if old:
             rev.append(f"command {old!r}")
         else:
-            rev.append(f"{revision()} (a copy taken at start)")
             src = mh.lab.dir / "src"
-            shutil.copytree(REPO / "driver", src / "driver", ignore=shutil.ignore_patterns("__pycache__"))
+            if driver_rev:
+                # A committed revision, whatever the work tree holds (others edit it while this runs).
+                commit = _git_out("rev-parse", "--short", f"{driver_rev}^{{commit}}").strip()
+                src.mkdir(parents=True)
+                archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "driver"], capture_output=True,
+                                         check=True, timeout=60).stdout  # fmt: skip
+                subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True, timeout=60)
+                rev.append(f"{commit} (`git archive` of the commit, not the work tree)")
+            else:
+                rev.append(f"{revision()} (a copy taken at start)")
+                shutil.copytree(REPO / "driver", src / "driver", ignore=shutil.ignore_patterns("__pycache__"))
             boot = f"import sys; sys.path.insert(0, {str(src)!r}); from driver.cli import main; sys.exit(main())"
             os.environ[DRIVER_ENV] = shlex.join([sys.executable, "-c", boot])
         try:
@@ -129,6 +139,11 @@ def _lab(kinds: tuple[str, ...], rev: list[str]) -> Iterator[tuple[OverlayLab, l
         errors += [f"left behind: {k} {v}" for k, v in left.items() if v]
         for e in errors:
             log.error("teardown: %s", e)
+
+
+def _git_out(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
+                          timeout=30).stdout  # fmt: skip
 
 
 def _create_overlay(ol: OverlayLab) -> None:
@@ -664,7 +679,7 @@ def _flush_kernel(ol: OverlayLab, fs: FakeSet) -> None:
 def _restart_and_wait(ol: OverlayLab, want: FakeSet, old: FakeSet | None, socket_s: list[float]) -> float:
     """Start B's driver (it is down); seconds from the spawn until B's kernel holds `want` and none of `old`."""
     ol.poll.start(ol.dev_b, fdb=want.fdb, neigh=want.neigh, fdb_absent=list(old.fdb) if old else None,
-                  neigh_absent=list(old.neigh) if old else None, timeout=120, interval=0.02)  # fmt: skip
+                  neigh_absent=list(old.neigh) if old else None, timeout=120, interval=0.02, duty=BIG_DUTY)  # fmt: skip
     t0 = time.monotonic()
     ol.b.start_driver()
     socket_s.append(time.monotonic() - t0)
@@ -690,7 +705,7 @@ def _resync_round(ol: OverlayLab, cur: FakeSet, n: int, acc: _Resync) -> FakeSet
     b, poll = ol.b, ol.poll
     # (0) a plain kill -9 + restart: the rows must stay put throughout
     b.kill_driver()
-    poll.start(ol.dev_b, fdb=cur.fdb, neigh=cur.neigh, timeout=120, interval=0.02, hold=WARM_HOLD)
+    poll.start(ol.dev_b, fdb=cur.fdb, neigh=cur.neigh, timeout=120, interval=0.02, duty=BIG_DUTY, hold=WARM_HOLD)
     t0 = time.monotonic()
     b.start_driver()
     acc.driver_start_to_socket.append(time.monotonic() - t0)
@@ -710,7 +725,7 @@ def _resync_round(ol: OverlayLab, cur: FakeSet, n: int, acc: _Resync) -> FakeSet
     # (c) the same replacement with the driver running (the watch path), from the first etcd write
     newer = fake_set(new.ident + 1, n)
     poll.start(ol.dev_b, fdb=newer.fdb, neigh=newer.neigh, fdb_absent=list(new.fdb), neigh_absent=list(new.neigh),
-               timeout=120, interval=0.02)  # fmt: skip
+               timeout=120, interval=0.02, duty=BIG_DUTY)  # fmt: skip
     t0 = time.monotonic()
     delete_fakes(ol)
     put_fakes(ol, newer)
@@ -728,7 +743,7 @@ def resync(ol: OverlayLab, cfg: Config, rep: Report) -> None:
     try:
         t0 = time.monotonic()
         put_fakes(ol, cur)
-        r = ol.poll.wait(ol.dev_b, fdb=cur.fdb, neigh=cur.neigh, timeout=120, interval=0.02)
+        r = ol.poll.wait(ol.dev_b, fdb=cur.fdb, neigh=cur.neigh, timeout=120, interval=0.02, duty=BIG_DUTY)
         if not r["ok"]:
             raise RuntimeError(f"{n} fake endpoints not programmed on B: {r['missing']}")
         first_load = r["t"]["all"] - t0
@@ -773,7 +788,8 @@ def _resync_report(cfg: Config, rep: Report, series: dict[str, list[float]], fir
         f"{n:,} PeerRecords of 10 fake hosts (VTEPs 10.99.0.51-60, nothing there) written into etcd with "
         f"`etcdctl txn` ({TXN_OPS} puts each) under `{PREFIX}peers/{OVERLAY}/<host>/<endpoint>`, as another host "
         "would publish them; 'all back' = every MAC → VTEP row in the vxlan device's FDB and every IP → MAC "
-        "neighbour, seen by the netlink poller in B's netns (a dump every 20 ms).",
+        "neighbour, seen by the netlink poller in B's netns (a dump every 20 ms, or less often so that the poller "
+        f"takes at most {BIG_DUTY:.0%} of a CPU: ~14 ms per dump of 2,000 rows, so every ~0.15 s).",
         "a restart that finds the kernel rows intact has nothing to program (they survive the driver), so the "
         "measured restarts make it work: (a) the rows were deleted while the driver was down (a host whose "
         "netns state was lost), (b) all endpoints changed while it was down (deletes the old rows, adds the new: "
@@ -799,11 +815,13 @@ RUNNERS: dict[str, Callable[[OverlayLab, Config, Report], None]] = {
 }
 
 
-def run_all(cfg: Config, rep: Report, durations: list[str]) -> tuple[int | str | None, list[str]]:
+def run_all(
+    cfg: Config, rep: Report, durations: list[str], driver_rev: str | None = None
+) -> tuple[int | str | None, list[str]]:
     """Build the lab, run the selected parts in order, tear down; (exit code if interrupted, teardown errors)."""
     rev: list[str] = []
     code: int | str | None = None
-    with _lab(cfg.overlay_kinds, rev) as (ol, teardown_errors):
+    with _lab(cfg.overlay_kinds, rev, driver_rev) as (ol, teardown_errors):
         _create_overlay(ol)
         a, b = ol.a, ol.b
         etcd_version = ol.etcdctl("version").split("\n")[0]
