@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     metrics_socket: Path | None = None
     metrics_addr: str | None = None
 
+    # -- firewall --------------------------------------------------------------------
+    # The iptables backend dockerd uses is found by reading both (driver.firewall.backend);
+    # "nft" or "legacy" skips the detection.
+    firewall_backend: Literal["auto", "nft", "legacy"] = "auto"
+    # How often the rules are compared with what was applied, and restored when someone
+    # else flushed or rewrote them (driver.firewall.watch); 0: never.
+    firewall_check_interval: float = Field(2.0, ge=0, le=300)
+
+    @field_validator("firewall_backend", mode="before")
+    @classmethod
+    def _backend_default(cls, value: Any) -> Any:
+        return "auto" if value == "" else value  # a managed plugin's unset env is ""
+
     @field_validator("etcd_ca", "etcd_cert", "etcd_key", "advertise_addr", "fail_step", "metrics_socket",
                      "metrics_addr", mode="before")  # fmt: skip
     @classmethod

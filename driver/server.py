@@ -23,6 +23,7 @@ from driver.cluster.node import Node, build_node
 from driver.config import Settings, SettingsError, load_settings
 from driver.firewall import Firewall
 from driver.firewall.iptables import Iptables
+from driver.firewall.watch import watch_firewall
 from driver.gc import DockerAPI, DockerGC
 from driver.ipam.addresses import LocalAddressBook
 from driver.ipam.cluster import ClusterAddressBook
@@ -58,7 +59,7 @@ def build(settings: Settings, metrics: DriverMetrics) -> tuple[Services, Netlink
     local = LocalAddressBook(repo)
     book = ClusterAddressBook(local, store, node.host if node else "")
     ipam = IpamService(repo, settings.default_pools_v4, settings.default_pools_v6, nl.route_networks, book)
-    firewall = Firewall(Iptables(settings.firewall_timeout), Iptables(settings.firewall_timeout, v6=True))
+    firewall = Firewall(*(Iptables(settings.firewall_timeout, v6, settings.firewall_backend) for v6 in (False, True)))
     modes: dict[str, Mode] = {
         "bridge": BridgeMode(nl),
         "macvlan": MacvlanMode(nl),
@@ -173,6 +174,8 @@ def serve(sock: socket.socket, overrides: dict[str, Any]) -> int:
     services, nl, node = build(settings, metrics)
     metrics_server, metrics_sockets = _metrics_server(settings, metrics)
     gc = _docker_gc(settings, services)
+    # Restores our rules when someone else flushes them (driver.firewall.watch).
+    watch_firewall(services.network, services.worker.submit, settings.firewall_check_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,13 +1,28 @@
 """The firewall rules pyoverlay wants, rendered from its records (pure, no I/O).
 
 Why iptables and not a table of our own in nftables: dockerd (20.10 through 28.x)
-programs iptables, on the nf_tables backend, and sets the FORWARD policy to DROP with
-br_netfilter on, so even traffic between two ports of one bridge crosses FORWARD. In
-nftables a packet must be accepted by *every* base chain on a hook, so an accept in a
-separate nft table can never override that DROP; only a rule reached from iptables'
-own FORWARD chain can. Everything therefore lives in chains named ``PYOVERLAY-*`` that we
-create, fill and delete; each built-in chain gets exactly one jump to ours (FORWARD's is
-placed after dockerd's ``DOCKER-USER`` jump so the admin's rules there still come first).
+programs iptables (nf_tables or legacy backend: driver.firewall.backend finds which) and
+may set the FORWARD policy to DROP. In nftables a packet must be accepted by *every* base
+chain on a hook, so an accept in a separate nft table can never override that DROP; only
+a rule reached from iptables' own FORWARD chain can. Everything therefore lives in chains
+named ``PYOVERLAY-*`` that we create, fill and delete; each built-in chain gets exactly one
+jump to ours.
+
+Nothing here depends on where dockerd puts its own rules, nor on its FORWARD policy:
+
+* dockerd 20.10 inserts per-bridge ACCEPTs at the top of filter FORWARD when it creates a
+  network, and 28+ re-inserts its ``DOCKER-FORWARD`` jump (``-i br-x -j ACCEPT``) at the
+  top every time it starts, so in filter FORWARD Docker's accepts may come before ours.
+  Every *drop* is therefore also made in **mangle** FORWARD (same chain name, the same
+  three passes with RETURN where filter says ACCEPT), which runs before filter FORWARD
+  and which dockerd never touches: a DROP there is final whatever filter says later.
+* filter PYOVERLAY-FORWARD is still needed for its ACCEPTs, where a FORWARD policy is
+  DROP; its jump goes after ``DOCKER-USER`` (the admin's chain) and is left wherever dockerd
+  moves it: its position no longer matters for isolation.
+* Traffic from our networks *into* Docker's bridges: 20.10 protects its bridges only by
+  its DROP policy, which our egress ACCEPT would override. mangle PYOVERLAY-ISOLATION
+  drops it: one rule per Docker bridge, named from Docker's own rules
+  (driver.firewall.saved), refreshed when they change.
 
 filter PYOVERLAY-FORWARD, in three passes over the bridge networks (first match wins):
 
@@ -19,6 +34,12 @@ filter PYOVERLAY-FORWARD, in three passes over the bridge networks (first match 
  3. -i BR ctdir REPLY, not DNAT              DROP    answers to connections someone else
                                                      forced in (see below)
     -i BR                                    ACCEPT  egress (DROP for --internal)
+
+mangle PYOVERLAY-FORWARD: the same with RETURN for ACCEPT, and before egress
+    -i BR                                    PYOVERLAY-ISOLATION
+mangle PYOVERLAY-ISOLATION (entered only from our bridges):
+    ctstate DNAT                             RETURN  a port Docker published, via the host
+    -o DOCKER-BRIDGE                         DROP    one per bridge of Docker's
 
 Every network's DROP comes before any network's egress ACCEPT, so traffic from one
 network to another is dropped rather than accepted as the first network's egress. The
@@ -45,7 +66,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORWARD_CHAIN = "PYOVERLAY-FORWARD"
+FORWARD_CHAIN = "PYOVERLAY-FORWARD"  # in filter (accepts) and mangle (drops)
+ISOLATION_CHAIN = "PYOVERLAY-ISOLATION"  # mangle: from our bridges into Docker's
 DNAT_CHAIN = "PYOVERLAY-DNAT"
 POSTROUTING_CHAIN = "PYOVERLAY-POSTROUTING"
 RAW_CHAIN = "PYOVERLAY-PREROUTING"
@@ -66,6 +88,7 @@ class Jump:
 
 JUMPS = (
     Jump("filter", "FORWARD", FORWARD_CHAIN),
+    Jump("mangle", "FORWARD", FORWARD_CHAIN),
     Jump("nat", "PREROUTING", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
     Jump("nat", "OUTPUT", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
     Jump("nat", "POSTROUTING", POSTROUTING_CHAIN, first=False),
@@ -109,14 +132,26 @@ class Ruleset:
         return not any(self.chains.values())
 
 
+# Our chains that no built-in chain jumps to (declared, filled and deleted with the others).
+INNER_CHAINS = (("mangle", ISOLATION_CHAIN),)
+
+
+def our_chains() -> list[tuple[str, str]]:
+    return list(dict.fromkeys([*((j.table, j.chain) for j in JUMPS), *INNER_CHAINS]))
+
+
 def render(nets: list[BridgeRules], v6: bool = False) -> Ruleset:
+    """What the records want; the isolation chain is filled later, from what is installed
+    (``with_isolation``)."""
     rs = Ruleset()
-    for jump in JUMPS:
-        rs.chains[(jump.table, jump.chain)] = []
+    for key in our_chains():
+        rs.chains[key] = []
     for forward_pass in range(3):
         for net in nets:
             for rule in _forward(net)[forward_pass]:
                 rs.add("filter", FORWARD_CHAIN, rule)
+            for rule in _forward(net, mangle=True)[forward_pass]:
+                rs.add("mangle", FORWARD_CHAIN, rule)
     for net in nets:
         for rule in _raw(net, v6):
             rs.add("raw", RAW_CHAIN, rule)
@@ -133,17 +168,31 @@ def _match(pub: Published) -> str:
     return f"-p {pub.proto} -m {pub.proto} --dport {pub.ctr_port}"
 
 
-def _forward(net: BridgeRules) -> tuple[list[str], list[str], list[str]]:
-    """The network's rules for each of the three passes."""
+def with_isolation(rs: Ruleset, docker_bridges: tuple[str, ...]) -> Ruleset:
+    """``rs`` with the isolation chain filled for Docker's bridges (none when ``rs`` is empty)."""
+    if rs.is_empty():
+        return rs
+    out = Ruleset({key: list(rules) for key, rules in rs.chains.items()})
+    out.chains[("mangle", ISOLATION_CHAIN)] = ["-m conntrack --ctstate DNAT -j RETURN"] + [
+        f"-o {bridge} -j DROP" for bridge in docker_bridges
+    ]
+    return out
+
+
+def _forward(net: BridgeRules, mangle: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """The network's rules for each of the three passes (filter, or mangle's drops)."""
     b = net.bridge
-    icc = f"-i {b} -o {b} -j {'ACCEPT' if net.icc else 'DROP'}"
+    ok = "RETURN" if mangle else "ACCEPT"
+    icc = f"-i {b} -o {b} -j {ok if net.icc else 'DROP'}"
     if net.internal:
         return [icc], [f"-o {b} -j DROP"], [f"-i {b} -j DROP"]
     published = [
-        f"-d {p.ctr_ip} -o {b} {_match(p)} -m conntrack --ctstate DNAT -j ACCEPT" for p in net.published
+        f"-d {p.ctr_ip} -o {b} {_match(p)} -m conntrack --ctstate DNAT -j {ok}" for p in net.published
     ]
-    accept = [f"-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", *published, icc]
-    egress = [f"-i {b} -m conntrack --ctdir REPLY ! --ctstate DNAT -j DROP", f"-i {b} -j ACCEPT"]
+    accept = [f"-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j {ok}", *published, icc]
+    egress = [f"-i {b} -m conntrack --ctdir REPLY ! --ctstate DNAT -j DROP", f"-i {b} -j {ok}"]
+    if mangle:
+        egress.insert(1, f"-i {b} -j {ISOLATION_CHAIN}")
     return accept, [f"-o {b} -j DROP"], egress
 
 

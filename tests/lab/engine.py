@@ -68,6 +68,7 @@ class Engine:
         extra_args: Sequence[str] = (),
         daemon_config: dict[str, Any] | None = None,
         start_timeout: float = 60.0,
+        path_prepend: Sequence[str] = (),
     ) -> None:
         if kind not in ENGINE_KINDS:
             raise ValueError(f"engine kind must be one of {ENGINE_KINDS}, not {kind!r}")
@@ -85,6 +86,10 @@ class Engine:
         self.extra_args = list(extra_args)
         self.daemon_config = dict(daemon_config or {})
         self.start_timeout = start_timeout
+        # Directories put in front of dockerd's PATH (settable before start), e.g. one whose
+        # `iptables` links to iptables-legacy: a legacy-backend engine without touching the
+        # host's update-alternatives.
+        self.path_prepend = list(path_prepend)
         self.plugins_dir = workdir / "plugins"
         self.data_dir = workdir / "data"
         self.api_socket = workdir / "docker.sock"
@@ -221,8 +226,12 @@ class Engine:
             logf.write(f"\n=== {time.strftime('%H:%M:%S')} start: {shlex.join(argv)}\n".encode())
             logf.flush()
             t0 = time.monotonic()
+            env = None
+            if self.path_prepend:
+                env = dict(os.environ, PATH=os.pathsep.join([*self.path_prepend, os.environ.get("PATH", "")]))
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
             )
         self.started_pids.append(self._proc.pid)
         deadline = t0 + (timeout or self.start_timeout)

@@ -11,7 +11,8 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from driver.errors import Conflict, DriverError
+from driver.errors import Conflict, DriverError, Unsupported
+from driver.firewall import bridgenf
 from driver.netlink.adapter import Netlink, write_sysctl
 from driver.network.mac import random_mac
 from driver.network.steps import Steps
@@ -35,21 +36,49 @@ def gateways(net: NetworkRecord) -> list[str]:
 def _forwarding(v6: bool) -> None:
     """What Docker's bridge driver also does: routing between bridge and uplink.
 
-    dockerd already turns IPv4 forwarding on; IPv6 forwarding only with its own --ipv6.
-    Inside a managed plugin /proc/sys is read-only, so a failure is a warning, not an
-    error: containers still talk to each other, only egress needs forwarding.
+    dockerd turns IPv4 forwarding on (in iptables mode; with nftables it refuses to start
+    without it). Inside a managed plugin /proc/sys is read-only, so a failure there is a
+    warning: containers still talk to each other, only egress needs forwarding. IPv6
+    forwarding dockerd turns on only for its own --ipv6, so a --ipv6 network that cannot
+    have it is refused rather than created without IPv6 egress.
     """
     try:
         write_sysctl("net/ipv4/ip_forward", "1")
-        if v6 and Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() != "1":
-            # With forwarding on, an interface ignores router advertisements unless
-            # accept_ra is 2: keep the host's own RA-learned routes working.
-            for conf in Path("/proc/sys/net/ipv6/conf").iterdir():
-                if conf.name not in ("all", "default") and (conf / "accept_ra").read_text().strip() == "1":
-                    write_sysctl(f"net/ipv6/conf/{conf.name}/accept_ra", "2")
-            write_sysctl("net/ipv6/conf/all/forwarding", "1")
-    except (DriverError, OSError) as err:
+    except DriverError as err:
         log.warning("cannot enable forwarding (%s): containers will have no egress until it is on", err)
+    if v6:
+        _ipv6_forwarding()
+
+
+def _ipv6_forwarding() -> None:
+    try:
+        if Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() == "1":
+            return
+        # With forwarding on, an interface ignores router advertisements unless
+        # accept_ra is 2: keep the host's own RA-learned routes working.
+        for conf in Path("/proc/sys/net/ipv6/conf").iterdir():
+            if conf.name not in ("all", "default") and (conf / "accept_ra").read_text().strip() == "1":
+                write_sysctl(f"net/ipv6/conf/{conf.name}/accept_ra", "2")
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+    except (DriverError, OSError) as err:
+        why = err.message if isinstance(err, DriverError) else str(err)
+        raise Unsupported(
+            f"--ipv6: IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0) and cannot be turned on here ({why}), "
+            "so containers would have no IPv6 egress (fix: `sysctl -w net.ipv6.conf.all.forwarding=1` on the host, "
+            "and persist it in /etc/sysctl.d/)"
+        ) from None
+
+
+def _bridge_netfilter(net: NetworkRecord) -> None:
+    """Traffic within the bridge must cross iptables (driver.firewall.bridgenf): icc=false
+    is a DROP for it, so such a network is refused when it would not; for hairpin to a
+    published port (any network with egress may publish one later) a warning is enough."""
+    if net.config.icc:
+        bridgenf.best_effort(net.config.enable_ipv6)
+        return
+    why = bridgenf.ensure(net.config.enable_ipv6)
+    if why:
+        raise Unsupported(f"option com.docker.network.bridge.enable_icc=false: {why}")
 
 
 class BridgeMode:
@@ -96,6 +125,8 @@ class BridgeMode:
     def _configure(self, net: NetworkRecord, name: str, steps: Steps) -> None:
         if net.config.enable_ipv6:
             steps.run(f"enable IPv6 on {name}", lambda: write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0"))
+        if not net.config.icc or not net.config.internal:
+            steps.run("bridged traffic through iptables", lambda: _bridge_netfilter(net))
         if not net.config.internal:
             steps.run("enable forwarding", lambda: _forwarding(net.config.enable_ipv6))
             # Publishing on 127.0.0.1 DNATs loopback traffic onto the bridge, which the
