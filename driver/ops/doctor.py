@@ -92,7 +92,8 @@ def forward_jump(rules: str | None, facts: DriverFacts | None) -> Check:
             return Check("ok", "forward jump", "none, and none needed: the driver has no networks yet")
         return Check("fail", "forward jump", f"FORWARD has no jump to PYOVERLAY-FORWARD: the driver's "
                      f"{facts.networks} network(s) get no forwarding (dockerd's DROP policy applies)",
-                     "restart the driver: it adds its jumps at start")  # fmt: skip
+                     "the driver puts it back at its next firewall check; if it stays missing, restart the "
+                     "driver (it adds its jumps at start)")  # fmt: skip
     ours = appends.index(OUR_JUMP)
     user = next((i for i, r in enumerate(appends) if r == "-A FORWARD -j DOCKER-USER"), None)
     docker = next((i for i, r in enumerate(appends) if " -j DOCKER" in r and "DOCKER-USER" not in r), None)
@@ -166,8 +167,8 @@ def firewalld(active: Callable[[], bool | None]) -> Check:
         return Check("ok", "firewalld", "not running")
     return Check("warn", "firewalld", "running: a reload (firewall-cmd --reload) can remove other programs' "
                  "iptables rules, pyoverlay's included",
-                 "start pyoverlay after firewalld (contrib/pyoverlay.service does) and restart it after a "
-                 "reload")  # fmt: skip
+                 "start pyoverlay after firewalld (contrib/pyoverlay.service does); after a reload, check "
+                 "that the forward jump is back (pyoverlay doctor)")  # fmt: skip
 
 
 def etcd(get: Callable[[], object], where: str, clock: Callable[[], float] = time.perf_counter) -> Check:

@@ -65,15 +65,27 @@ def test_bridge_netfilter_off_is_caught(lab_host: Host) -> None:
 
 def test_deleted_forward_jump_is_caught(lab_host: Host) -> None:
     ns = lab_host.engine.netns
-    rules = [r for r in ns.run("iptables", "-S", "FORWARD").stdout.splitlines() if r.startswith("-A ")]
-    position = rules.index("-A FORWARD -j PYOVERLAY-FORWARD") + 1
-    ns.run("iptables", "-D", "FORWARD", "-j", "PYOVERLAY-FORWARD")
+
+    def forward() -> list[str]:
+        return [r for r in ns.run("iptables", "-S", "FORWARD").stdout.splitlines() if r.startswith("-A ")]
+
+    position = forward().index("-A FORWARD -j PYOVERLAY-FORWARD") + 1
+    # The driver puts a missing jump back within its firewall check interval (2 s), so
+    # keep deleting it while doctor runs; the loop is killed by its PID afterwards.
+    loop = ns.popen(["sh", "-c", "while :; do iptables -D FORWARD -j PYOVERLAY-FORWARD 2>/dev/null; sleep 0.05; done"])
     try:
-        rc, lines = doctor(lab_host)
+        for _ in range(3):  # doctor may still read the moment between a repair and the next delete
+            rc, lines = doctor(lab_host)
+            if lines["forward jump"].startswith("fail "):
+                break
     finally:
-        ns.run("iptables", "-I", "FORWARD", str(position), "-j", "PYOVERLAY-FORWARD")
+        loop.kill()
+        loop.wait(10)
+        if "-A FORWARD -j PYOVERLAY-FORWARD" not in forward():
+            ns.run("iptables", "-I", "FORWARD", str(position), "-j", "PYOVERLAY-FORWARD")
     assert rc == 1 and lines["forward jump"].startswith("fail ")
     assert "no jump to PYOVERLAY-FORWARD" in lines["forward jump"] and "restart the driver" in lines["forward jump"]
+    assert forward().count("-A FORWARD -j PYOVERLAY-FORWARD") == 1
 
 
 def test_stopped_dockerd_is_caught_and_the_rest_still_checked(lab_host: Host) -> None:
