@@ -3,7 +3,11 @@
 Records are written *before* the kernel is touched, with ``status="creating"``, and
 flipped to ``"ready"`` once everything is in place. A record still ``creating`` when the
 driver starts belongs to a call that never answered dockerd (the process died half-way),
-so reconciliation rolls it back instead of guessing.
+so reconciliation rolls it back instead of guessing. Deletes mirror it: the record is
+flipped to ``"deleting"`` before the kernel is touched and removed last, and
+reconciliation finishes a delete it finds ``deleting`` rather than restoring the object
+(dockerd's retry of the delete arrives with an empty body and is refused, and dockerd
+forgets the object: moby/moby#33412).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from driver.network.options import NetworkConfig
 from driver.store.base import Store
 
-Status = Literal["creating", "ready"]
+Status = Literal["creating", "ready", "deleting"]
 
 
 class Record(BaseModel):

@@ -18,6 +18,7 @@ from driver.errors import Exhausted
 from driver.ipam import allocator
 from driver.ipam.allocator import IPAddr, IPNet
 from driver.ipam.index import AddressIndex
+from driver.network.steps import checkpoint
 from driver.state import AddressRecord, PoolRecord, Purpose, Repo
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class LocalAddressBook:
         else:
             addr = _lowest(idx, pool)
         # Store first: if the write fails, the index still says what the store says.
+        checkpoint(f"request address {pool.id} {addr}: save address")
         self.repo.put_address(AddressRecord(pool=pool.id, address=str(addr), purpose=purpose))
         idx.take(int(addr))
         return addr
@@ -71,6 +73,7 @@ class LocalAddressBook:
         idx = self.index(pool)
         if int(addr) not in idx:
             return
+        checkpoint(f"release address {pool.id} {addr}: forget address")
         self.repo.delete_address(pool.id, str(addr))
         idx.release(int(addr))
 

@@ -10,6 +10,7 @@ from driver.errors import Exhausted, InvalidRequest
 from driver.ipam import allocator
 from driver.ipam.addresses import AddressBook, LocalAddressBook
 from driver.ipam.allocator import IPAddr, IPNet
+from driver.network.steps import checkpoint
 from driver.state import PoolRecord, Purpose, Repo
 
 LOCAL_SPACE = "PyoverlayLocal"
@@ -77,7 +78,9 @@ class IpamService:
             v6=v6,
             options=dict(options),
         )
+        checkpoint(f"request pool {rec.id}: save pool")
         self.repo.put_pool(rec)
+        checkpoint(f"request pool {rec.id}: answer")
         return rec
 
     def _pick(self, v6: bool, held: list[IPNet], size: int | None = None) -> IPNet:
@@ -94,13 +97,16 @@ class IpamService:
     def release_pool(self, pool_id: str) -> None:
         # Addresses first: dockerd releases gateway and aux before ReleasePool, but after a
         # crash some may be left, and they must not come back with a new pool of this ID.
+        checkpoint(f"release pool {pool_id}: forget addresses")
         self.addresses.forget(pool_id)
+        checkpoint(f"release pool {pool_id}: forget pool")
         self.repo.delete_pool(pool_id)
 
     def request_address(self, pool_id: str, address: str, options: Mapping[str, Any]) -> str:
         rec = self._pool(pool_id)
         want = allocator.parse_address("Address", address) if address else None
         addr = self.addresses.reserve(rec, want, _purpose(want, options))
+        checkpoint(f"request address {pool_id} {addr}: answer")
         return f"{addr}/{ipaddress.ip_network(rec.pool).prefixlen}"
 
     def release_address(self, pool_id: str, address: str) -> None:

@@ -4,6 +4,8 @@ dockerd never replays CreateNetwork, and it may drop endpoints without telling u
 (a failed live-restore), so the driver itself must, at start:
 
 * roll back records a crash left ``creating`` (dockerd never got an answer for them);
+* finish deletes a crash left ``deleting`` (dockerd forgets the object when its retry,
+  with an empty body, is refused: restoring it would leave a zombie);
 * recreate what a ready network is missing (after a reboot the bridges are gone);
 * forget endpoints whose interface is gone (their container died with its namespace);
 * delete links that follow our naming but belong to no record (orphans of a crash);
@@ -20,6 +22,7 @@ from functools import partial
 from driver.netlink.adapter import Netlink
 from driver.network.modes import Restores
 from driver.network.service import NetworkService
+from driver.network.steps import checkpoint
 from driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,13 @@ def reconcile(service: NetworkService, nl: Netlink) -> list[str]:
     for ep in repo.endpoints():
         _each(failures, f"endpoint {ep.id[:12]}", partial(_endpoint, service, ep))
     _each(failures, "orphaned links", lambda: _collect_orphans(service, nl))
-    _each(failures, "firewall", service.sync_firewall)
+    _each(failures, "firewall", partial(_firewall, service))
     return failures
+
+
+def _firewall(service: NetworkService) -> None:
+    checkpoint("reconcile: sync firewall")
+    service.sync_firewall()
 
 
 def _each(failures: list[str], what: str, fn: Callable[[], None]) -> None:
@@ -56,9 +64,15 @@ def _network(service: NetworkService, net: NetworkRecord) -> None:
     mode = service.mode(net)
     if net.status == "creating":
         log.warning("network %s: rolling back a create interrupted by a crash", net.id[:12])
+        checkpoint(f"reconcile: roll back network {net.id[:12]}")
         mode.delete_network(net)
         service.repo.delete_network(net.id)
+    elif net.status == "deleting":
+        log.warning("network %s: finishing a delete interrupted by a crash", net.id[:12])
+        checkpoint(f"reconcile: finish deleting network {net.id[:12]}")
+        service.delete_network(net.id)
     else:
+        checkpoint(f"reconcile: restore network {net.id[:12]}")
         mode.ensure_network(net)
 
 
@@ -69,11 +83,17 @@ def _endpoint(service: NetworkService, ep: EndpointRecord) -> None:
         repo.delete_endpoint(ep.id)
         return
     mode = service.mode(owner)
-    if ep.status == "creating" or not mode.endpoint_alive(ep):
+    if ep.status == "deleting":
+        log.warning("endpoint %s: finishing a delete interrupted by a crash", ep.id[:12])
+        checkpoint(f"reconcile: finish deleting endpoint {ep.id[:12]}")
+        service.delete_endpoint(ep.network_id, ep.id)
+    elif ep.status == "creating" or not mode.endpoint_alive(ep):
         log.info("endpoint %s: its interface is gone, forgetting it", ep.id[:12])
+        checkpoint(f"reconcile: forget endpoint {ep.id[:12]}")
         mode.delete_endpoint(owner, ep)
         repo.delete_endpoint(ep.id)
     elif isinstance(mode, Restores):
+        checkpoint(f"reconcile: restore endpoint {ep.id[:12]}")
         mode.restore_endpoint(owner, ep)
 
 
@@ -86,4 +106,5 @@ def _collect_orphans(service: NetworkService, nl: Netlink) -> None:
     for link in nl.links():
         if _OWN_NAME.match(link.name or "") and link.name not in known:
             log.warning("deleting orphaned link %s", link.name)
+            checkpoint(f"reconcile: delete orphaned link {link.name}")
             nl.delete(link.name)

@@ -21,7 +21,7 @@ from driver.network.mac import check_mac, mac_for
 from driver.network.modes import JoinInfo, Mode
 from driver.network.modes.bridge import BRIDGED_MODES
 from driver.network.requests import endpoint_address, gateway_for, network_record
-from driver.network.steps import Steps
+from driver.network.steps import Steps, checkpoint
 from driver.state import EndpointRecord, NetworkRecord, PortBinding, Repo
 
 log = logging.getLogger(__name__)
@@ -66,26 +66,40 @@ class NetworkService:
         self.sync_firewall()
 
     def delete_network(self, nid: str) -> None:
+        """Delete a network and what is left of its endpoints; also finishes one a crash
+        interrupted (reconciliation calls it for a record left ``deleting``)."""
         rec = self.repo.network(nid)
         if rec is None:
             return
+        what = f"delete network {nid[:12]}"
         mode = self.mode(rec)
+        if rec.status != "deleting":
+            # Before the kernel is touched: a crash from here on is finished at the next
+            # start, never restored (dockerd forgets the network when its retry is refused).
+            checkpoint(f"{what}: mark deleting")
+            rec.status = "deleting"
+            self.repo.put_network(rec)
         for ep in self.repo.endpoints(nid):
+            checkpoint(f"{what}: delete endpoint {ep.id[:12]}")
             mode.delete_endpoint(rec, ep)
             self.repo.delete_endpoint(ep.id)
-        self._hand_over_device(rec, mode)
+        self._hand_over_device(rec, mode, what)
+        checkpoint(f"{what}: remove devices")
         mode.delete_network(rec)
+        checkpoint(f"{what}: forget record")
         self.repo.delete_network(nid)
+        checkpoint(f"{what}: sync firewall")
         self.sync_firewall()
         log.info("network %s deleted", nid[:12])
 
-    def _hand_over_device(self, rec: NetworkRecord, mode: Mode) -> None:
+    def _hand_over_device(self, rec: NetworkRecord, mode: Mode, what: str) -> None:
         """A device we created (a VLAN sub-interface) that another network still uses
         passes to that network, to be deleted with the last one using it."""
         if not rec.owns_device:
             return
         for other in self.repo.networks():
             if other.id != rec.id and other.config.mode == rec.config.mode and mode.shares_device(rec, other):
+                checkpoint(f"{what}: hand the device over to network {other.id[:12]}")
                 other.owns_device, rec.owns_device = True, False
                 self.repo.put_network(other)
                 return
@@ -120,15 +134,18 @@ class NetworkService:
         return {"Interface": {"MacAddress": ep.mac} if ep.mac and not requested else {}}
 
     def _create_endpoint(self, net: NetworkRecord, ep: EndpointRecord) -> None:
+        what = f"create endpoint {ep.id[:12]}"
         self.repo.put_endpoint(ep)
         try:
-            with Steps(f"create endpoint {ep.id[:12]}") as steps:
+            with Steps(what) as steps:
                 self.mode(net).create_endpoint(net, ep, steps)
         except BaseException:
             self.repo.delete_endpoint(ep.id)
             raise
+        checkpoint(f"{what}: mark ready")
         ep.status = "ready"
         self.repo.put_endpoint(ep)
+        checkpoint(f"{what}: answer")
 
     def join(self, req: models.JoinRequest) -> JoinInfo:
         net = self._network(req.NetworkID)
@@ -158,18 +175,21 @@ class NetworkService:
         if ep.programmed and ports.same_request(wanted, ep.ports):
             return
         taken = [p for other in self.repo.endpoints() if other.id != ep.id for p in other.ports]
-        self._set_ports(ep, ports.resolve(wanted, taken, ports.ephemeral_range()), programmed=True)
+        bindings = ports.resolve(wanted, taken, ports.ephemeral_range())
+        self._set_ports(f"program endpoint {ep.id[:12]}", ep, bindings, programmed=True)
 
     def revoke(self, nid: str, eid: str) -> None:
         ep = self.repo.endpoint(eid)
         if ep is not None and (ep.ports or ep.programmed):
-            self._set_ports(ep, [], programmed=False)
+            self._set_ports(f"revoke endpoint {eid[:12]}", ep, [], programmed=False)
 
-    def _set_ports(self, ep: EndpointRecord, bindings: list[PortBinding], programmed: bool) -> None:
+    def _set_ports(self, what: str, ep: EndpointRecord, bindings: list[PortBinding], programmed: bool) -> None:
         old = (ep.ports, ep.programmed)
+        checkpoint(f"{what}: save ports")
         ep.ports, ep.programmed = bindings, programmed
         self.repo.put_endpoint(ep)
         try:
+            checkpoint(f"{what}: sync firewall")
             self.sync_firewall()
         except BaseException:
             ep.ports, ep.programmed = old
@@ -178,14 +198,24 @@ class NetworkService:
             raise
 
     def delete_endpoint(self, nid: str, eid: str) -> None:
+        """Delete an endpoint; also finishes one a crash interrupted (``deleting``)."""
         ep = self.repo.endpoint(eid)
         if ep is None:
             return
+        what = f"delete endpoint {eid[:12]}"
+        if ep.status != "deleting":
+            # As for networks: from here on a crash is finished at start, never restored.
+            checkpoint(f"{what}: mark deleting")
+            ep.status = "deleting"
+            self.repo.put_endpoint(ep)
         net = self.repo.network(ep.network_id)
         if net is not None:
+            checkpoint(f"{what}: remove links")
             self.mode(net).delete_endpoint(net, ep)
+        checkpoint(f"{what}: forget record")
         self.repo.delete_endpoint(eid)
         if ep.ports:  # Revoke does not always come first (e.g. after a plugin re-enable)
+            checkpoint(f"{what}: sync firewall")
             self.sync_firewall()
 
     def oper_info(self, nid: str, eid: str) -> dict[str, Any]:

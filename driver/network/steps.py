@@ -1,10 +1,15 @@
 """Named, ordered steps with rollback: a failure half-way undoes what was done.
 
 Each step is logged by name, so a failure describes itself ("create veth …: File
-exists"), and the undo callbacks run in reverse order. ``fail_step`` is a test hook (set
-with ``PYOVERLAY_FAIL_STEP``): the first step whose name starts with it fails, to prove
-rollback; with a ``crash:`` prefix the process kills itself there instead, as a
-``kill -9`` at that moment would, to prove recovery at the next start.
+exists"), and the undo callbacks run in reverse order.
+
+Every step, and every ``checkpoint`` of the calls that have no rollback (deletes, ports,
+IPAM, reconciliation), is a named point ``"<call> <object>: <step>"``, e.g. ``delete
+network 1a2b3c4d5e6f: remove devices``, logged at debug as ``step: <name>``. ``fail_step``
+is a test hook (set with ``PYOVERLAY_FAIL_STEP``): the first point whose name, or whose
+step part (after ``": "``), starts with it fails, to prove rollback; with a ``crash:``
+prefix the process kills itself there instead, as a ``kill -9`` at that moment would, to
+prove recovery at the next start.
 """
 
 from __future__ import annotations
@@ -42,20 +47,31 @@ class Steps:
             self._undo.close()
 
     def run(self, name: str, do: Callable[[], Any], undo: Callable[[], Any] | None = None) -> Any:
-        log.debug("%s: %s", self.what, name)
-        if Steps.fail_step:
-            _inject(Steps.fail_step, name)
+        checkpoint(f"{self.what}: {name}")
         result = do()
         if undo is not None:
             self._undo.callback(_quietly, name, undo)
         return result
 
 
+def checkpoint(name: str) -> None:
+    """A named point of a state-changing call (``"<call> <object>: <step>"``): logged, and
+    where ``PYOVERLAY_FAIL_STEP`` injects its fault."""
+    log.debug("step: %s", name)
+    if Steps.fail_step:
+        _inject(Steps.fail_step, name)
+
+
+def matches(spec: str, name: str) -> bool:
+    """Whether the fault ``spec`` (``[crash:]prefix``) fires at the point ``name``."""
+    prefix = spec.removeprefix("crash:")
+    return name.startswith(prefix) or name.partition(": ")[2].startswith(prefix)
+
+
 def _inject(spec: str, name: str) -> None:
-    crash = spec.startswith("crash:")
-    if not name.startswith(spec.removeprefix("crash:")):
+    if not matches(spec, name):
         return
-    if crash:
+    if spec.startswith("crash:"):
         os.kill(os.getpid(), signal.SIGKILL)
     raise DriverError(f"{name}: injected failure (PYOVERLAY_FAIL_STEP)")
 

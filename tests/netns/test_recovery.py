@@ -88,3 +88,24 @@ def test_failed_endpoint_leaves_no_veth(make_plugin: MakePlugin) -> None:
     assert "injected failure" in plugin.err("NetworkDriver.CreateEndpoint", endpoint(EP, "10.70.0.5/24"), 500)
     assert plugin.snapshot() == before
     plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+
+
+@pytest.mark.parametrize("step", ["crash:delete network abababababab: remove devices",
+                                  "crash:delete network abababababab: forget record"])
+def test_kill9_mid_delete_is_finished_at_start(make_plugin: MakePlugin, step: str) -> None:
+    """dockerd's retry of the DeleteNetwork arrives with an empty body, is refused, and
+    dockerd forgets the network: the restart must finish the delete, not restore it."""
+    plugin = make_plugin({"PYOVERLAY_FAIL_STEP": step})
+    plugin.ok("NetworkDriver.CreateNetwork", NET)
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint(EP, "10.70.0.5/24"))
+    with pytest.raises(Exception):  # noqa: B017 - the process died mid-request: a transport error
+        plugin.raw("NetworkDriver.DeleteNetwork", (json.dumps({"NetworkID": NID}) + "\n").encode())
+    plugin.close()
+    plugin.driver.kill9()
+    plugin.driver.extra_env.pop("PYOVERLAY_FAIL_STEP")
+    plugin.driver.start()
+    plugin.wait_ready()
+    assert plugin.err("NetworkDriver.DeleteNetwork", None, 400)  # dockerd's empty-body retry
+    assert not any(n.startswith("po") for n in plugin.link_names())
+    assert not list((plugin.driver.state_dir / "store").rglob("*.json"))
+    assert "-A PYOVERLAY-FORWARD -i" not in plugin.iptables()
