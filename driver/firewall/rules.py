@@ -13,7 +13,7 @@ Nothing here depends on where dockerd puts its own rules, nor on its FORWARD pol
 * dockerd 20.10 inserts per-bridge ACCEPTs at the top of filter FORWARD when it creates a
   network, and 28+ re-inserts its ``DOCKER-FORWARD`` jump (``-i br-x -j ACCEPT``) at the
   top every time it starts, so in filter FORWARD Docker's accepts may come before ours.
-  Every *drop* is therefore also made in **mangle** FORWARD (same chain name, the same
+  Every *drop* is therefore also made in **mangle** FORWARD (PYOVERLAY-GUARD: the same
   three passes with RETURN where filter says ACCEPT), which runs before filter FORWARD
   and which dockerd never touches: a DROP there is final whatever filter says later.
 * filter PYOVERLAY-FORWARD is still needed for its ACCEPTs, where a FORWARD policy is
@@ -35,7 +35,7 @@ filter PYOVERLAY-FORWARD, in three passes over the bridge networks (first match 
                                                      forced in (see below)
     -i BR                                    ACCEPT  egress (DROP for --internal)
 
-mangle PYOVERLAY-FORWARD: the same with RETURN for ACCEPT, and before egress
+mangle PYOVERLAY-GUARD: the same with RETURN for ACCEPT, and before egress
     -i BR                                    PYOVERLAY-ISOLATION
 mangle PYOVERLAY-ISOLATION (entered only from our bridges):
     ctstate DNAT                             RETURN  a port Docker published, via the host
@@ -52,7 +52,8 @@ Docker's bridges talk to ours. Here a packet addressed to one of our subnets tha
 not come in on that network's bridge is dropped (as Docker 28 does for its own). It is
 safe because raw runs before NAT: published-port traffic is still addressed to the host,
 and answers to masqueraded egress are too. Not for networks with masquerading off, whose
-answers do arrive addressed to the container. It also drops 127.0.0.0/8 arriving from a
+answers do arrive addressed to the container (mangle covers those; raw, kept, drops the
+others before conntrack or NAT spend anything on them). It also drops 127.0.0.0/8 arriving from a
 bridge (route_localnet, which loopback publishing needs, would otherwise expose the
 host's localhost to containers).
 
@@ -66,7 +67,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORWARD_CHAIN = "PYOVERLAY-FORWARD"  # in filter (accepts) and mangle (drops)
+FORWARD_CHAIN = "PYOVERLAY-FORWARD"  # filter: what overrides a DROP policy
+GUARD_CHAIN = "PYOVERLAY-GUARD"  # mangle: every drop again, before dockerd's accepts in filter
 ISOLATION_CHAIN = "PYOVERLAY-ISOLATION"  # mangle: from our bridges into Docker's
 DNAT_CHAIN = "PYOVERLAY-DNAT"
 POSTROUTING_CHAIN = "PYOVERLAY-POSTROUTING"
@@ -88,7 +90,7 @@ class Jump:
 
 JUMPS = (
     Jump("filter", "FORWARD", FORWARD_CHAIN),
-    Jump("mangle", "FORWARD", FORWARD_CHAIN),
+    Jump("mangle", "FORWARD", GUARD_CHAIN),
     Jump("nat", "PREROUTING", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
     Jump("nat", "OUTPUT", DNAT_CHAIN, "-m addrtype --dst-type LOCAL", first=False),
     Jump("nat", "POSTROUTING", POSTROUTING_CHAIN, first=False),
@@ -151,7 +153,7 @@ def render(nets: list[BridgeRules], v6: bool = False) -> Ruleset:
             for rule in _forward(net)[forward_pass]:
                 rs.add("filter", FORWARD_CHAIN, rule)
             for rule in _forward(net, mangle=True)[forward_pass]:
-                rs.add("mangle", FORWARD_CHAIN, rule)
+                rs.add("mangle", GUARD_CHAIN, rule)
     for net in nets:
         for rule in _raw(net, v6):
             rs.add("raw", RAW_CHAIN, rule)

@@ -13,7 +13,16 @@ import pytest
 from driver.firewall import backend, bridgenf
 from driver.firewall.intact import problems, snapshot
 from driver.firewall.iptables import Iptables
-from driver.firewall.rules import FORWARD_CHAIN, ISOLATION_CHAIN, JUMPS, BridgeRules, Published, render, with_isolation
+from driver.firewall.rules import (
+    FORWARD_CHAIN,
+    GUARD_CHAIN,
+    ISOLATION_CHAIN,
+    JUMPS,
+    BridgeRules,
+    Published,
+    render,
+    with_isolation,
+)
 from driver.firewall.saved import docker_bridges, docker_rule_count, parse
 from driver.firewall.watch import FirewallWatch
 
@@ -115,14 +124,14 @@ NET = [BridgeRules("po-a", subnets=("10.1.0.0/24",), masquerade=False)]
 def test_every_drop_is_also_in_mangle_which_dockerd_never_touches() -> None:
     rs = render([BridgeRules("a", icc=False, published=(Published("tcp", None, 80, "10.0.0.2", 80),)),
                  BridgeRules("b", internal=True)])  # fmt: skip
-    filt, mangle = rs.chains[("filter", FORWARD_CHAIN)], rs.chains[("mangle", FORWARD_CHAIN)]
+    filt, mangle = rs.chains[("filter", FORWARD_CHAIN)], rs.chains[("mangle", GUARD_CHAIN)]
     assert [r for r in filt if r.endswith("DROP")] == [r for r in mangle if r.endswith("DROP")]
     assert [r.replace("-j ACCEPT", "-j RETURN") for r in filt] == [r for r in mangle if ISOLATION_CHAIN not in r]
     assert "-j ACCEPT" not in " ".join(mangle), "mangle only drops; accepting is filter's"
 
 
 def test_egress_into_dockers_bridges_goes_through_isolation_before_return() -> None:
-    mangle = render([BridgeRules("a")]).chains[("mangle", FORWARD_CHAIN)]
+    mangle = render([BridgeRules("a")]).chains[("mangle", GUARD_CHAIN)]
     i = mangle.index(f"-i a -j {ISOLATION_CHAIN}")
     assert mangle.index("-i a -m conntrack --ctdir REPLY ! --ctstate DNAT -j DROP") < i < mangle.index("-i a -j RETURN")
 
@@ -171,11 +180,11 @@ def test_intact_after_apply_and_each_kind_of_damage_is_named() -> None:
     t.chains["filter"]["FORWARD"] += ["-j PYOVERLAY-FORWARD"] * 2
     assert problems(rs, parse(t.save())) == ["filter FORWARD has 2 jumps to PYOVERLAY-FORWARD, not 1"]
     t.chains["filter"]["FORWARD"].pop()
-    t.chains["mangle"][FORWARD_CHAIN].clear()  # iptables -t mangle -F
-    want = len(rs.chains[("mangle", FORWARD_CHAIN)])
-    assert problems(rs, parse(t.save())) == [f"mangle {FORWARD_CHAIN} has 0 rules, not {want}"]
-    del t.chains["mangle"][FORWARD_CHAIN]  # a firewalld reload
-    assert "mangle PYOVERLAY-FORWARD is missing" in problems(rs, parse(t.save()))
+    t.chains["mangle"][GUARD_CHAIN].clear()  # iptables -t mangle -F
+    want = len(rs.chains[("mangle", GUARD_CHAIN)])
+    assert problems(rs, parse(t.save())) == [f"mangle {GUARD_CHAIN} has 0 rules, not {want}"]
+    del t.chains["mangle"][GUARD_CHAIN]  # a firewalld reload
+    assert "mangle PYOVERLAY-GUARD is missing" in problems(rs, parse(t.save()))
 
 
 def test_a_rule_rewritten_in_place_differs_from_the_baseline() -> None:
