@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -23,27 +24,60 @@ from driver.errors import DriverError, InvalidRequest, TooLarge
 from driver.ops.logcontext import bind_request
 
 log = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
 # dockerd's biggest bodies are well under 1 KiB (a CreateEndpoint with a few -p); 1 MiB
 # still takes ~10,000 published ports in one request.
 MAX_BODY = 1 << 20
+# dockerd's deepest body is 4 levels (CreateEndpoint.Options.portmap[i]); anything deeper
+# would only reach code that recurses (json itself, repr in a message).
+MAX_DEPTH = 32
 
 
 class PluginResponse(JSONResponse):
     media_type = MEDIA_TYPE
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode(verb: str, raw: bytes) -> Any:
+    """JSON as dockerd's Go encoder writes it: UTF-8 (never another encoding, an overlong
+    form or an encoded surrogate), no NaN/Infinity, at most ``MAX_DEPTH`` levels."""
     if not raw.strip():
         raise InvalidRequest(f"{verb}: empty request body (expected a JSON object)")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidRequest(f"{verb}: malformed JSON body: not UTF-8 ({err})") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidRequest(f"{verb}: JSON body nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # JSONDecodeError, and integers beyond Python's 4300 digits
         raise InvalidRequest(f"{verb}: malformed JSON body: {err}") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"{verb}: body must be a JSON object, got {type(data).__name__}")
+    _check_tree(verb, data, escapes="\\u" in text)
     return data
+
+
+def _check_tree(verb: str, data: dict[str, Any], escapes: bool) -> None:
+    """Depth, and lone surrogates (a ``\\ud800`` escape is no character: it could never be
+    encoded again, in a record, a log line or an answer). Iterative: no recursion."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"{verb}: JSON body nested deeper than {MAX_DEPTH} levels")
+        children = [*node, *node.values()] if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif escapes and isinstance(child, str) and _SURROGATE.search(child):
+                raise InvalidRequest(f"{verb}: malformed JSON body: a \\u escape encodes a lone surrogate")
 
 
 async def read_body(verb: str, request: Request) -> bytes:
