@@ -33,10 +33,16 @@ MAX_BODY = 1 << 20
 # dockerd's deepest body is 4 levels (CreateEndpoint.Options.portmap[i]); anything deeper
 # would only reach code that recurses (json itself, repr in a message).
 MAX_DEPTH = 32
+# An Err reaches the docker CLI verbatim: one that echoes a huge input is cut.
+MAX_MESSAGE = 2048
 
 
 class PluginResponse(JSONResponse):
     media_type = MEDIA_TYPE
+
+
+def _clamp(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def _no_constant(name: str) -> Any:
@@ -129,24 +135,29 @@ def _endpoint(path: str, verb: Verb, services: Services) -> Any:
 
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="pyoverlay", openapi_url=None, docs_url=None, redoc_url=None)
+    # No redirect for a trailing slash: an unknown path is a 404 with Err, nothing else.
+    app = FastAPI(title="pyoverlay", openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     for path, verb in VERBS.items():
         app.add_api_route(path, _endpoint(path, verb, services), methods=["POST"])
 
     @app.exception_handler(DriverError)
     async def driver_error(request: Request, exc: DriverError) -> PluginResponse:
         level = logging.WARNING if exc.status < 500 else logging.ERROR
-        log.log(level, "%s failed: %s", request.scope["path"].lstrip("/"), exc.message)
-        return PluginResponse({"Err": exc.message}, status_code=exc.status)
+        message = _clamp(exc.message)
+        log.log(level, "%s failed: %s", _clamp(request.scope["path"].lstrip("/"), 200), message)
+        return PluginResponse({"Err": message}, status_code=exc.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> PluginResponse:
-        return PluginResponse({"Err": f"{request.scope['path']}: {exc.detail}"}, status_code=exc.status_code)
+        path = _clamp(request.scope["path"], 200)
+        return PluginResponse({"Err": f"{path}: {exc.detail}"}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> PluginResponse:
-        verb = request.scope["path"].lstrip("/")
+        # Logged with its traceback; the answer names the exception, never the traceback.
+        verb = _clamp(request.scope["path"].lstrip("/"), 200)
         log.exception("%s failed unexpectedly", verb)
-        return PluginResponse({"Err": f"{verb}: internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        message = _clamp(f"{verb}: internal error: {type(exc).__name__}: {exc}")
+        return PluginResponse({"Err": message}, status_code=500)
 
     return app
