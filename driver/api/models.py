@@ -22,7 +22,12 @@ def _empty_list(value: Any) -> Any:
     return [] if value is None else value
 
 
-ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,128}$")]
+ID_PATTERN = r"^[A-Za-z0-9]{1,128}$"
+# What RequestPool hands out: "<address space>/<CIDR>" (at most 59 characters). A PoolID
+# names a store key, so nothing else may reach the store.
+POOL_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,64}$"
+ID = Annotated[str, Field(pattern=ID_PATTERN)]
+PoolID = Annotated[str, Field(pattern=POOL_ID_PATTERN)]
 Map = Annotated[dict[str, Any], BeforeValidator(_empty_map)]
 StrMap = Annotated[dict[str, str], BeforeValidator(_empty_map)]
 
@@ -100,7 +105,7 @@ class RequestPoolRequest(Wire):
 
 
 class PoolRequest(Wire):
-    PoolID: Annotated[str, Field(min_length=1)]
+    PoolID: PoolID
 
 
 class RequestAddressRequest(PoolRequest):
@@ -119,9 +124,15 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
+_PATTERNS = {
+    ID_PATTERN: "must be an ID of 1-128 letters and digits",
+    POOL_ID_PATTERN: "must be a pool ID as RequestPool returns it (e.g. PyoverlayLocal/10.1.0.0/24)",
+}
+
+
 def _explain(err: Any) -> str:
     if err["type"] == "string_pattern_mismatch":
-        return "must be an ID of 1-128 letters and digits"
+        return _PATTERNS.get(err.get("ctx", {}).get("pattern"), str(err["msg"]))
     return str(err["msg"])
 
 
