@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from driver.errors import InvalidRequest
+from driver.network.options import check_sizes
 
 
 def _empty_map(value: Any) -> Any:
@@ -22,6 +23,14 @@ def _empty_list(value: Any) -> Any:
     return [] if value is None else value
 
 
+def _sized(value: dict[str, str]) -> dict[str, str]:
+    try:
+        check_sizes("", value)
+    except InvalidRequest as err:
+        raise ValueError(err.message) from None  # reported with the field's location
+    return value
+
+
 ID_PATTERN = r"^[A-Za-z0-9]{1,128}$"
 # What RequestPool hands out: "<address space>/<CIDR>" (at most 59 characters). A PoolID
 # names a store key, so nothing else may reach the store.
@@ -29,7 +38,8 @@ POOL_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,64}$"
 ID = Annotated[str, Field(pattern=ID_PATTERN)]
 PoolID = Annotated[str, Field(pattern=POOL_ID_PATTERN)]
 Map = Annotated[dict[str, Any], BeforeValidator(_empty_map)]
-StrMap = Annotated[dict[str, str], BeforeValidator(_empty_map)]
+# String maps are kept (pool options, aux addresses) or echoed back (AllocateNetwork).
+StrMap = Annotated[dict[str, str], BeforeValidator(_empty_map), AfterValidator(_sized)]
 
 
 class Wire(BaseModel):
@@ -133,6 +143,8 @@ _PATTERNS = {
 def _explain(err: Any) -> str:
     if err["type"] == "string_pattern_mismatch":
         return _PATTERNS.get(err.get("ctx", {}).get("pattern"), str(err["msg"]))
+    if err["type"] == "value_error":  # our own validators' messages, without "Value error, "
+        return str(err["ctx"]["error"])
     return str(err["msg"])
 
 

@@ -51,6 +51,9 @@ _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
 
 MIN_MTU, MAX_MTU, MIN_MTU_V6 = 68, 65535, 1280
+# Far beyond any real option (the longest, an overlay name, is 63 characters); a bigger
+# one is a mistake or an attack, and would be stored, logged and echoed back.
+MAX_OPTION_KEY, MAX_OPTION_VALUE = 256, 4096
 
 
 class NetworkConfig(BaseModel):
@@ -67,6 +70,19 @@ class NetworkConfig(BaseModel):
     macvlan_mode: MacvlanMode = "bridge"
     overlay: str | None = None
     vni: int | None = None
+
+
+def check_sizes(prefix: str, opts: Mapping[str, Any]) -> None:
+    """Refuse a key or string value too long to be an option's, naming the key."""
+    for key, value in opts.items():
+        if len(key) > MAX_OPTION_KEY:
+            raise InvalidRequest(
+                f"{prefix}{key[:64]}...: key of {len(key)} characters (keys are at most {MAX_OPTION_KEY})"
+            )
+        if isinstance(value, str) and len(value) > MAX_OPTION_VALUE:
+            raise InvalidRequest(
+                f"{prefix}{key}: value of {len(value)} characters (values are at most {MAX_OPTION_VALUE})"
+            )
 
 
 def parse_bool(key: str, value: str) -> bool:
@@ -163,6 +179,7 @@ _MODE_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def parse_options(generic: Mapping[str, Any], *, internal: bool, enable_ipv6: bool) -> NetworkConfig:
+    check_sizes("option ", generic)
     for key, value in generic.items():
         if not isinstance(value, str):
             raise InvalidRequest(f"option {key}: value must be a string, got {type(value).__name__}")
