@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from driver.state import PoolRecord, Purpose, Repo
 LOCAL_SPACE = "PyoverlayLocal"
 GLOBAL_SPACE = "PyoverlayGlobal"
 GATEWAY_TYPE = "com.docker.network.gateway"
+log = logging.getLogger(__name__)
 REQUEST_ADDRESS_TYPE = "RequestAddressType"
 
 
@@ -33,6 +35,12 @@ class IpamService:
         self.default_v6 = default_v6
         self.host_routes = host_routes
         self.addresses = addresses if addresses is not None else LocalAddressBook(repo)
+        # Pools and addresses this process handed out. One held but *not* in here, asked
+        # for again with the same request and used by nothing, is what a crash between
+        # its write and the answer left (dockerd never got it, so never released it): the
+        # repeat gets it, where a second request for it within this process is refused.
+        self._answered_pools: set[str] = set()
+        self._answered: set[tuple[str, str]] = set()
 
     @staticmethod
     def capabilities() -> dict[str, bool]:
@@ -60,6 +68,9 @@ class IpamService:
         size = allocator.size_only(requested) if requested is not None else None
         if requested is not None and size is None:
             net = requested
+            left = self._unanswered_pool(f"{space}/{net}", subpool, options, v6)
+            if left is not None:
+                return left
             allocator.check_overlap("Pool", net, held)
         else:
             if subpool:
@@ -80,8 +91,22 @@ class IpamService:
         )
         checkpoint(f"request pool {rec.id}: save pool")
         self.repo.put_pool(rec)
+        self._answered_pools.add(rec.id)
         checkpoint(f"request pool {rec.id}: answer")
         return rec
+
+    def _unanswered_pool(self, pool_id: str, subpool: str, options: Mapping[str, str], v6: bool) -> PoolRecord | None:
+        old = self.repo.pool(pool_id)
+        if old is None or old.id in self._answered_pools:
+            return None
+        sub = str(allocator.parse_network("SubPool", subpool, v6=v6)) if subpool else None
+        if (old.subpool, old.v6, old.options) != (sub, v6, dict(options)) or self.repo.addresses(old.id):
+            return None
+        if any(s.pool == old.pool and s.space == old.space for n in self.repo.networks() for s in (*n.ipv4, *n.ipv6)):
+            return None
+        log.warning("pool %s: the same request again, for a pool a crash left unanswered: answering with it", old.id)
+        self._answered_pools.add(old.id)
+        return old
 
     def _pick(self, v6: bool, held: list[IPNet], size: int | None = None) -> IPNet:
         specs = self.default_v6 if v6 else self.default_v4
@@ -101,11 +126,18 @@ class IpamService:
         self.addresses.forget(pool_id)
         checkpoint(f"release pool {pool_id}: forget pool")
         self.repo.delete_pool(pool_id)
+        self._answered_pools.discard(pool_id)
+        self._answered = {a for a in self._answered if a[0] != pool_id}
 
     def request_address(self, pool_id: str, address: str, options: Mapping[str, Any]) -> str:
         rec = self._pool(pool_id)
         want = allocator.parse_address("Address", address) if address else None
-        addr = self.addresses.reserve(rec, want, _purpose(want, options))
+        purpose = _purpose(want, options)
+        if want is not None and self._unanswered_address(rec, want, purpose):
+            addr = want
+        else:
+            addr = self.addresses.reserve(rec, want, purpose)
+        self._answered.add((rec.id, str(addr)))
         checkpoint(f"request address {pool_id} {addr}: answer")
         return f"{addr}/{ipaddress.ip_network(rec.pool).prefixlen}"
 
@@ -114,6 +146,22 @@ class IpamService:
         rec = self.repo.pool(pool_id)
         if rec is not None:
             self.addresses.release(rec, addr)
+        self._answered.discard((pool_id, str(addr)))
+
+    def _unanswered_address(self, pool: PoolRecord, want: IPAddr, purpose: Purpose) -> bool:
+        """Whether ``want`` is a gateway held, not by this process, in a pool no network of
+        ours has yet: a crash left its request unanswered. Only gateways: a pool's gateway
+        is asked for once, while its network is created, whereas an ``--ip`` address may
+        be a running container's on a network of another driver, which has no record here."""
+        if purpose != "gateway" or (pool.id, str(want)) in self._answered:
+            return False
+        if not any(r.address == str(want) and r.purpose == purpose for r in self.repo.addresses(pool.id)):
+            return False
+        if any(s.pool == pool.pool and s.space == pool.space for n in self.repo.networks() for s in (*n.ipv4, *n.ipv6)):
+            return False
+        log.warning("gateway %s of pool %s: the same request again, for a gateway a crash left unanswered: "
+                    "answering with it", want, pool.id)
+        return True
 
     def adopt(self, pool_id: str, overlay: str) -> PoolRecord:
         """Make a pool an overlay's: from now on its addresses are claimed cluster-wide.
