@@ -68,7 +68,9 @@ def build(settings: Settings, metrics: DriverMetrics) -> tuple[Services, Netlink
     network = NetworkService(repo, modes, firewall)
     if node is not None:
         node.sync.tasks.append(book.flush)
+        node.sync.full_tasks.append(book.sweep)
         book.on_change = node.sync.poke
+        book.shared = node.view.shared
     activity = Activity(metrics)
     health = store.health if isinstance(store, MeasuredStore) else None
     status = StatusSource(repo, local.held, activity, Startup(), node, health, sightings)

@@ -19,9 +19,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from driver.cluster.base import ClusterStore, Entry, StoreUnavailable
-from driver.cluster.registry import HostRecord, PeerRecord, Registry
+from driver.cluster.registry import HostRecord, OverlaySpec, PeerRecord, Registry
+from driver.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +33,27 @@ class LocalView:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._overlays: set[str] = set()
+        self._overlays: dict[str, OverlaySpec] = {}  # what this host asked of each overlay
         self._peers: dict[str, PeerRecord] = {}  # peer key → record
 
-    def add_overlay(self, name: str) -> None:
+    def add_overlay(self, spec: OverlaySpec) -> None:
         with self._lock:
-            self._overlays.add(name)
+            self._overlays[spec.name] = spec
+
+    def spec(self, name: str) -> OverlaySpec | None:
+        with self._lock:
+            return self._overlays.get(name)
+
+    def shared(self, name: str) -> set[str]:
+        """Addresses every host of the overlay holds alike (gateways, aux): never claimed."""
+        spec = self.spec(name)
+        if spec is None:
+            return set()
+        return {a.split("/")[0] for a in (*spec.gateways, *spec.aux)}
 
     def remove_overlay(self, name: str) -> None:
         with self._lock:
-            self._overlays.discard(name)
+            self._overlays.pop(name, None)
             self._peers = {k: v for k, v in self._peers.items() if not k.startswith(f"peers/{name}/")}
 
     def add_peer(self, key: str, rec: PeerRecord) -> None:
@@ -59,11 +72,15 @@ class LocalView:
 class HostLease:
     """The lease this host's liveness facts hang on, renewed at a third of its TTL."""
 
-    def __init__(self, store: ClusterStore, ttl: int) -> None:
+    def __init__(self, store: ClusterStore, ttl: int, saved: Path | None = None) -> None:
         self.store = store
         self.ttl = ttl
         self._lease = 0
         self._lock = threading.Lock()
+        # The lease id survives a restart of the driver: if it is still alive, this host's
+        # records on it are too, and peers never see its endpoints go (a crash and restart
+        # inside the TTL disturbs nothing).
+        self.saved = saved
 
     def current(self) -> int:
         """The lease to write with. The first writer takes one if the background thread
@@ -82,6 +99,11 @@ class HostLease:
         if any, are gone and must be rewritten)."""
         with self._lock:
             lease = self._lease
+        if not lease and (kept := self._load()) and self.store.keepalive(kept) > 0:
+            log.info("keeping host lease %x of the previous run", kept)
+            with self._lock:
+                self._lease = kept
+            return False
         if lease and self.store.keepalive(lease) > 0:
             return False
         if lease:
@@ -89,7 +111,24 @@ class HostLease:
         new = self.store.grant(self.ttl)
         with self._lock:
             self._lease = new
+        self._save(new)
         return True
+
+    def _load(self) -> int:
+        try:
+            return int(self.saved.read_text(), 16) if self.saved else 0
+        except (OSError, ValueError):
+            return 0
+
+    def _save(self, lease: int) -> None:
+        if self.saved is None:
+            return
+        tmp = self.saved.with_suffix(".tmp")
+        try:
+            tmp.write_text(f"{lease:x}\n")
+            tmp.replace(self.saved)
+        except OSError as err:
+            log.warning("cannot keep the host lease id in %s: %s", self.saved, err)
 
     def revoke(self) -> None:
         with self._lock:
@@ -111,9 +150,12 @@ class HostSync:
         *,
         on_stale_membership: Callable[[str], None] | None = None,
         resync_every: float = 30.0,
+        max_mtu: int | None = None,
     ) -> None:
+        self.max_mtu = max_mtu  # what this host's underlay carries, for joining again
         # More of this host's state to bring into etcd on each pass (the addresses).
         self.tasks: list[Callable[[], None]] = []
+        self.full_tasks: list[Callable[[], None]] = []  # on the periodic pass only
         self.registry = registry
         self.lease = lease
         self.view = view
@@ -156,9 +198,10 @@ class HostSync:
         while not self._stop.is_set():
             try:
                 fresh = self.lease.renew()
-                if fresh or self._wake.is_set() or time.monotonic() >= due:
+                full = time.monotonic() >= due
+                if fresh or self._wake.is_set() or full:
                     self._wake.clear()
-                    self.sync(rewrite=fresh)
+                    self.sync(rewrite=fresh, full=full)
                     due = time.monotonic() + self.resync_every
                 self.last_error = None
             except StoreUnavailable as err:
@@ -171,9 +214,11 @@ class HostSync:
                 due = 0.0
             self._wake.wait(interval)
 
-    def sync(self, rewrite: bool = False) -> None:
+    def sync(self, rewrite: bool = False, full: bool = False) -> None:
+        """``rewrite``: the lease is new, rewrite every record; ``full``: the periodic pass,
+        which also re-checks what no event would tell of (records deleted behind our back)."""
         lease = self.lease.current()
-        if rewrite or self._host_on != lease:
+        if rewrite or full or self._host_on != lease:
             self.registry.put_host(HostRecord(vtep=self.vtep, hostname=socket.gethostname()), lease)
             self._host_on = lease
         members = self.registry.memberships()
@@ -194,8 +239,8 @@ class HostSync:
                 name, _, endpoint = key.split("/")[1:]
                 self.registry.publish(name, endpoint, rec, lease)
         for name in overlays - members.keys():
-            log.warning("overlay %s: this host has it but is no member in etcd (cluster state lost?)", name)
-        for task in self.tasks:
+            self._rejoin(name)
+        for task in self.tasks + (self.full_tasks if full else []):
             task()
         self.synced.set()
 
@@ -206,6 +251,20 @@ class HostSync:
             entries, _ = self.registry.store.range(f"peers/{name}/{self.registry.host}/")
             found.update(entries)
         return found
+
+    def _rejoin(self, name: str) -> None:
+        """This host has the overlay but etcd does not list it as a member: etcd lost its
+        data, or a join timed out without committing. Join again, with what was asked."""
+        spec = self.view.spec(name)
+        if spec is None or self.max_mtu is None:
+            return
+        log.warning("overlay %s: this host has it but is no member in etcd; joining it again", name)
+        try:
+            self.registry.join(spec, self.max_mtu)
+        except Conflict as err:
+            # Someone made another overlay of that name meanwhile: nothing to do but say so.
+            log.error("overlay %s: cannot join again: %s", name, err)
+            self.last_error = f"overlay {name}: {err}"
 
     def _leave(self, name: str) -> None:
         log.warning("overlay %s: this host is a member in etcd but has no such network; leaving it", name)

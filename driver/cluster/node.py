@@ -23,6 +23,7 @@ from driver.netlink.adapter import Link, Netlink
 log = logging.getLogger(__name__)
 
 HOST_ID_FILE = "host-id"
+LEASE_FILE = "host-lease"
 VXLAN_OVERHEAD = {4: 50, 6: 70}  # inner Ethernet 14 + VXLAN 8 + UDP 8 + outer IPv4 20 / IPv6 40
 
 
@@ -114,13 +115,14 @@ def build_node(settings: Settings, store: ClusterStore, nl_factory: type[Netlink
         probe.close()
     host = host_id(settings.state_dir)
     registry = Registry(store, host)
-    lease = HostLease(store, settings.host_ttl)
+    lease = HostLease(store, settings.host_ttl, saved=settings.state_dir / LEASE_FILE)
     view = LocalView()
     node = Node(
         host=host, vtep=vtep, underlay=underlay, port=settings.vxlan_port, store=store, registry=registry,
         lease=lease, view=view,
         programmer=PeerProgrammer(store, nl_factory(), host, resync_every=settings.resync_interval),
-        sync=HostSync(registry, lease, view, vtep, resync_every=settings.resync_interval),
+        sync=HostSync(registry, lease, view, vtep, resync_every=settings.resync_interval,
+                      max_mtu=underlay.mtu - VXLAN_OVERHEAD[ipaddress.ip_address(vtep).version]),
     )
     log.info("cluster node %s: VTEP %s on %s (MTU %d), VXLAN port %d", host, vtep, underlay.name, underlay.mtu,
              settings.vxlan_port)  # fmt: skip

@@ -72,6 +72,8 @@ class ClusterAddressBook:
         self._pending: set[tuple[str, str]] = set()
         self.dirty = True  # sweep once at start: the last run may have left claims
         self.on_change: Callable[[], None] = lambda: None
+        # Overlay → addresses every host holds alike (gateway, aux): never claimed.
+        self.shared: Callable[[str], set[str]] = lambda overlay: set()
 
     def reserve(self, pool: PoolRecord, want: IPAddr | None, purpose: Purpose) -> IPAddr:
         if pool.overlay is None or self.store is None:
@@ -290,13 +292,30 @@ class ClusterAddressBook:
         if held is None:
             net = ipaddress.ip_network(pool.pool)
             held = {str(type(net.network_address)(a)) for a in self.local.held(pool)}
-        for key, entry in entries.items():
-            ip = key.rsplit("/", 1)[1]
+        claimed: dict[str, Entry] = {key.rsplit("/", 1)[1]: entry for key, entry in entries.items()}
+        for ip, entry in claimed.items():
             if self._mine(entry) and ip not in held:
                 log.info("pool %s: dropping the stale cluster claim on %s", pool.pool, ip)
-                self.store.delete(key, mod_revision=entry.mod_revision)
+                self.store.delete(f"{prefix}/addrs/{ip}", mod_revision=entry.mod_revision)
         if not held:
             self._release_blocks(pool)
+            return
+        assert pool.overlay is not None
+        gateways = {r.address for r in self.local.repo.addresses(pool.id) if r.purpose == "gateway"}
+        ours = held - gateways - self.shared(pool.overlay)
+        for ip in ours - claimed.keys():
+            # Held here, claimed nowhere: etcd lost its data. Claim it again before
+            # another host hands it out.
+            if not self._create(pool, ipaddress.ip_address(ip)):
+                self._duplicate(pool, ip)
+        for ip in ours & claimed.keys():
+            if not self._mine(claimed[ip]):
+                self._duplicate(pool, ip)
+
+    def _duplicate(self, pool: PoolRecord, ip: str) -> None:
+        # Only after etcd lost claims (a restore from an old backup): nothing can be done
+        # automatically without breaking one of the two containers.
+        log.error("pool %s: %s is in use on this host and claimed by another host too", pool.pool, ip)
 
     def _release_blocks(self, pool: PoolRecord) -> None:
         assert self.store is not None

@@ -276,3 +276,32 @@ def test_release_pool_with_claims_still_held_drops_them_too(store: MemoryCluster
     kept = str(b.take())
     a.ipam.release_pool(a.pool.id)
     assert claims(store, a.pool) == {kept: "h2"} and blocks(store, a.pool) == {1: "h2"}
+
+
+def test_after_etcd_lost_its_data_held_addresses_are_claimed_again(store: MemoryClusterStore) -> None:
+    h1, h2 = Host(store, "h1", "10.60.0.0/24"), Host(store, "h2", "10.60.0.0/24")
+    aux = "10.60.0.250"
+    for h in (h1, h2):  # an aux address: every host holds it (asked before CreateNetwork), nobody claims it
+        h.book.local.reserve(h.pool, ipaddress.ip_address(aux), "requested")
+    h1.book.shared = h2.book.shared = lambda overlay: {aux}
+    mine1 = {str(h1.take()) for _ in range(3)}
+    mine2 = {str(h2.take()) for _ in range(3)}
+    store.delete_prefix("")  # etcd lost everything
+    h1.book.sweep()
+    h2.book.sweep()
+    assert claims(store, h1.pool) == {ip: "h1" for ip in mine1} | {ip: "h2" for ip in mine2}
+    # and so nobody hands them out again
+    fresh = {str(h2.take()) for _ in range(5)}
+    assert not fresh & (mine1 | mine2 | {aux, "10.60.0.1"})
+
+
+def test_an_address_held_here_but_claimed_elsewhere_is_reported_not_taken(
+    store: MemoryClusterStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    h1, h2 = Host(store, "h1", "10.60.0.0/24"), Host(store, "h2", "10.60.0.0/24")
+    ip = str(h1.take())
+    store.delete_prefix("")
+    h2.take(ip)  # claimed by h2 while etcd had forgotten h1's
+    h1.book.sweep()
+    assert claims(store, h1.pool)[ip] == "h2"
+    assert f"{ip} is in use on this host and claimed by another host too" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -65,10 +66,10 @@ class Host:
         self.view = LocalView()
         self.left: list[str] = []
         self.sync = HostSync(self.registry, self.lease, self.view, vtep, on_stale_membership=self.left.append,
-                             resync_every=resync_every)  # fmt: skip
+                             resync_every=resync_every, max_mtu=1450)  # fmt: skip
 
     def join(self, name: str = "app") -> None:
-        self.view.add_overlay(name)
+        self.view.add_overlay(spec(name))
         self.registry.join(spec(name), 1450)
 
     def endpoint(self, ep: str, ip: str, name: str = "app") -> tuple[str, PeerRecord]:
@@ -176,11 +177,19 @@ def test_records_of_a_left_overlay_are_withdrawn_even_after_a_failed_pass(
     assert members(store) == ("h2",) and a.left == ["app"]
 
 
-def test_network_kept_locally_but_no_member_in_etcd_is_only_reported(store: Store, hosts: tuple[Host, Host]) -> None:
-    a, _ = hosts
-    a.view.add_overlay("gone")  # cluster state lost: not joined again behind the user's back
+def test_network_kept_locally_but_no_member_in_etcd_joins_again(store: Store, hosts: tuple[Host, Host]) -> None:
+    a, b = hosts
+    a.view.add_overlay(spec("lost"))  # etcd lost its data, or a join timed out uncommitted
     a.pass_()
-    assert members(store, "gone") is None and a.left == []
+    assert members(store, "lost") == ("h1",) and a.left == []
+    # with what it asked: a clash with an overlay made meanwhile is reported, not forced
+    taken = OverlaySpec(name="taken", subnets=("10.61.0.0/16",), gateways=("10.61.0.1/16",))
+    b.view.add_overlay(taken)
+    b.registry.join(taken, 1450)
+    a.view.add_overlay(taken.model_copy(update={"icc": False}))
+    a.pass_()
+    assert members(store, "taken") == ("h2",)
+    assert a.sync.last_error is not None and "differs from the cluster's" in a.sync.last_error
 
 
 # -- endpoint records ---------------------------------------------------------------------
@@ -276,7 +285,7 @@ def test_nothing_happens_before_ready(store: Store, hosts: tuple[Host, Host]) ->
     assert store.get("hosts/h1") is None and store.get(stale) is not None
     assert members(store) == ("h1", "h2")
 
-    a.view.add_overlay("app")
+    a.view.add_overlay(spec("app"))
     a.sync.ready.set()
     assert a.sync.synced.wait(5)
     assert store.get("hosts/h1") is not None
@@ -377,3 +386,17 @@ def test_endpoint_restored_before_the_stale_delete_is_not_withdrawn(store: Store
     assert store.get(key) is not None  # but only at the revision it read
     a.pass_()
     assert store.get(key) is not None
+
+
+def test_a_restarted_driver_keeps_its_lease_while_it_lives(tmp_path: Path) -> None:
+    now = [0.0]
+    store = MemoryClusterStore(clock=lambda: now[0])
+    first = HostLease(store, TTL, saved=tmp_path / "host-lease")
+    assert first.renew() is True
+    lease = first.current()
+    again = HostLease(store, TTL, saved=tmp_path / "host-lease")  # the driver, restarted
+    assert again.renew() is False and again.current() == lease, "its records on that lease are still there"
+    now[0] += TTL + 1
+    store.expire_leases()
+    late = HostLease(store, TTL, saved=tmp_path / "host-lease")  # restarted after the lease lapsed
+    assert late.renew() is True and late.current() != lease

@@ -58,6 +58,15 @@ def spec_of(net: NetworkRecord) -> OverlaySpec:
     )
 
 
+def held_spec(net: NetworkRecord) -> OverlaySpec:
+    """What this host asks when it joins again (etcd lost the overlay): the VNI and MTU
+    its data plane already uses, so the segment stays the one its containers are on."""
+    spec = spec_of(net)
+    if net.overlay is None:
+        return spec
+    return spec.model_copy(update={"vni": net.overlay.vni, "mtu": net.overlay.mtu})
+
+
 class OverlayMode(BridgeMode):
     def __init__(self, nl: Netlink, node: Node | None, ipam: IpamService) -> None:
         super().__init__(nl)
@@ -100,7 +109,6 @@ class OverlayMode(BridgeMode):
     # -- networks -----------------------------------------------------------------------
     def create_network(self, net: NetworkRecord, steps: Steps) -> None:
         node, name = self.node, self._name(net)
-        node.view.add_overlay(name)  # before etcd: the background sync must not undo the join
         steps.run(f"join overlay {name}", partial(self._join, net), partial(self._leave, net))
         for s in (*net.ipv4, *net.ipv6):
             steps.run(f"claim pool {s.pool} cluster-wide", partial(self.ipam.adopt, f"{s.space}/{s.pool}", name))
@@ -111,9 +119,17 @@ class OverlayMode(BridgeMode):
 
     def _join(self, net: NetworkRecord) -> None:
         node = self.node
-        rec = node.registry.join(spec_of(net), node.max_mtu)
+        # In the view before etcd, so the background sync never undoes the join; out of it
+        # again if the join fails, or the sync would keep the refused overlay alive.
+        node.view.add_overlay(spec_of(net))
+        try:
+            rec = node.registry.join(spec_of(net), node.max_mtu)
+        except BaseException:
+            self._leave(net)
+            raise
         net.overlay = OverlayFacts(vni=rec.vni, mtu=rec.mtu, gateway_mac=rec.gateway_mac, vtep=node.vtep,
                                    port=node.port)  # fmt: skip
+        node.view.add_overlay(held_spec(net))
         log.info("network %s is overlay %s: VNI %d, MTU %d", net.id[:12], rec.name, rec.vni, rec.mtu)
 
     def _leave(self, net: NetworkRecord) -> None:
@@ -146,7 +162,7 @@ class OverlayMode(BridgeMode):
                       "reach no other host", net.id[:12], net.config.overlay)  # fmt: skip
             return
         self._ensure_vxlan(net)
-        self.node.view.add_overlay(self._name(net))
+        self.node.view.add_overlay(held_spec(net))
         self._attach(net)
 
     def delete_network(self, net: NetworkRecord) -> None:
