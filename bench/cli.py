@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--rss-remote", type=int, metavar="N", help="remote endpoints for the RSS figure (default 100)")
     o.add_argument("--rss-reps", type=int, metavar="N", help="RSS rounds (default 3)")
     o.add_argument("--resync-endpoints", type=int, metavar="N", help="remote endpoints to resync (default 1000)")
-    o.add_argument("--resync-reps", type=int, metavar="N", help="resync rounds (default 5)")
+    o.add_argument("--resync-reps", type=int, metavar="N", help="resync rounds (default 3)")
     return p
 
 

@@ -32,7 +32,7 @@ class Config:
     rss_remote: int = 100  # remote endpoints for the RSS comparison
     rss_reps: int = 3
     resync_endpoints: int = 1000
-    resync_reps: int = 5
+    resync_reps: int = 3
     overlay_parts: tuple[str, ...] = ("throughput", "etcd", "convergence", "rss", "resync")
 
 
