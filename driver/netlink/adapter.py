@@ -174,11 +174,14 @@ class Netlink:
             "add",
             ifname=name,
             kind="bridge",
-            mtu=mtu,
             address=mac,
             br_stp_state=0,
             br_forward_delay=0,
         )
+        # The MTU is set after creation, as a change: only then does the kernel keep it as
+        # the user's. Otherwise it follows the ports' MTU and falls back to 1500 whenever
+        # the last port goes (for 1500 itself there is nothing to change, nor to keep).
+        self.set_link(name, mtu=mtu)
 
     def add_veth(self, name: str, peer: str, mtu: int, peer_mac: str) -> None:
         self._call(
