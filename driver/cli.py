@@ -55,7 +55,9 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="env PYOVERLAY_LOG_LEVEL, default info"
     )
-    for title, flags in (("cluster store (overlay networks)", _CLUSTER_FLAGS), ("docker", _DOCKER_FLAGS)):
+    groups = (("cluster store (overlay networks)", _CLUSTER_FLAGS), ("docker", _DOCKER_FLAGS),
+              ("firewall", _FIREWALL_FLAGS))  # fmt: skip
+    for title, flags in groups:
         group = p.add_argument_group(title)
         for flag, text in flags.items():
             group.add_argument(flag, help=f"{text} (env {_env(flag)})")
@@ -76,6 +78,10 @@ _CLUSTER_FLAGS = {
 _DOCKER_FLAGS = {
     "--docker-host": "dockerd's API, read in the background only (default unix:///var/run/docker.sock)",
     "--gc-interval": "seconds between comparisons with dockerd's networks and endpoints (default 60, 0: off)",
+}
+_FIREWALL_FLAGS = {
+    "--firewall-backend": "auto (the iptables backend dockerd's chains are in), nft or legacy",
+    "--firewall-check-interval": "seconds between checks that our rules are intact (default 2, 0: off)",
 }
 _METRICS_FLAGS = {
     "--metrics-socket": "serve GET /metrics on this Unix socket",
@@ -153,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 def _overrides(args: argparse.Namespace, socket_path: Path) -> dict[str, object]:
     state_dir = Path(args.state_dir or os.environ.get("PYOVERLAY_STATE_DIR") or DEFAULT_STATE_DIR)
     overrides: dict[str, object] = {"socket": socket_path, "state_dir": state_dir}
-    flags = ["--log-level", *_CLUSTER_FLAGS, *_DOCKER_FLAGS, *(_METRICS_FLAGS if args.command == "serve" else ())]
+    flags = ["--log-level", *_CLUSTER_FLAGS, *_DOCKER_FLAGS, *_FIREWALL_FLAGS,
+             *(_METRICS_FLAGS if args.command == "serve" else ())]  # fmt: skip
     for flag in flags:
         name = flag[2:].replace("-", "_")
         if getattr(args, name) is not None:
