@@ -35,7 +35,8 @@ def _int(where: str, entry: dict[str, Any], key: str, bounds: tuple[int, int], d
 
 def _proto(where: str, entry: dict[str, Any]) -> int:
     proto = entry.get("Proto")
-    if proto not in PROTOCOLS or isinstance(proto, bool):
+    # Type first: a list or map (unhashable) must be refused too, not fail the look-up.
+    if isinstance(proto, bool) or not isinstance(proto, int) or proto not in PROTOCOLS:
         raise InvalidRequest(f"{where}.Proto: unknown protocol number {proto!r} (expected 6 tcp, 17 udp, 132 sctp)")
     return int(proto)
 
