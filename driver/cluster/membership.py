@@ -191,28 +191,33 @@ class HostSync:
         # etcd (a leader election takes 1-3 s) before the lease, and our peers' view of
         # this host's endpoints, would lapse.
         interval = max(1.0, self.lease.ttl / 3)
-        due = 0.0
+        due = renew_due = 0.0
         while not self.ready.wait(0.5):
             if self._stop.is_set():
                 return
         while not self._stop.is_set():
             try:
-                fresh = self.lease.renew()
+                # Renewed on its own schedule, not on every wake: a burst of container
+                # removals then costs no keepalives.
+                fresh = False
+                if time.monotonic() >= renew_due:
+                    renew_due = time.monotonic() + interval  # failed or not: again then
+                    fresh = self.lease.renew()
                 full = time.monotonic() >= due
                 if fresh or self._wake.is_set() or full:
                     self._wake.clear()
+                    self.last_error = None  # what this pass reports (a refused rejoin) stays
                     self.sync(rewrite=fresh, full=full)
                     due = time.monotonic() + self.resync_every
-                self.last_error = None
             except StoreUnavailable as err:
                 self.last_error = str(err)
                 log.warning("cluster sync: %s", err)
-                due = 0.0  # the pass did not finish: the next round passes again
+                due = renew_due  # the pass did not finish: again at the next renewal
             except Exception as err:
                 self.last_error = f"{type(err).__name__}: {err}"
                 log.exception("cluster sync failed")
-                due = 0.0
-            self._wake.wait(interval)
+                due = renew_due
+            self._wake.wait(max(0.05, min(renew_due, due) - time.monotonic()))
 
     def sync(self, rewrite: bool = False, full: bool = False) -> None:
         """``rewrite``: the lease is new, rewrite every record; ``full``: the periodic pass,

@@ -120,6 +120,9 @@ def _fail(action: str, err: NetlinkError) -> DriverError:
 class Netlink:
     def __init__(self) -> None:
         self._ipr: IPRoute | None = None
+        # Devices of the per-row FDB/neighbour calls, looked up once: a resync writes
+        # thousands of rows, and a lookup by name costs as much as the write itself.
+        self._devices: dict[str, Link] = {}
 
     @property
     def ipr(self) -> IPRoute:
@@ -318,41 +321,56 @@ class Netlink:
         return True
 
     # -- forwarding database and neighbours of a vxlan device ------------------------
+    def _device(self, name: str, fresh: bool = False) -> Link | None:
+        if fresh or name not in self._devices:
+            link = self.link(name)
+            if link is None:
+                self._devices.pop(name, None)
+                return None
+            self._devices[name] = link
+        return self._devices[name]
+
+    def _on_device(self, dev: str, action: str, op: Any, missing_ok: bool = False) -> None:
+        """Run ``op(link)`` on ``dev``; a cached device that went (ENODEV: recreated, say) is
+        looked up again once. Interface indexes are not reused soon, so a stale one can only
+        fail, never reach another device."""
+        for fresh in (False, True):
+            link = self._device(dev, fresh)
+            if link is None:
+                if missing_ok:
+                    return
+                raise DriverError(f"{action}: link {dev} does not exist")
+            try:
+                op(link)
+                return
+            except NetlinkError as err:
+                if err.code == errno.ENODEV and not fresh:
+                    continue
+                if missing_ok and err.code in _GONE:
+                    return
+                raise _fail(action, err) from None
+
     def fdb_replace(self, dev: str, mac: str, dst: str) -> None:
         """``bridge fdb replace MAC dev DEV dst DST self permanent``: one row per MAC."""
         # pyroute2 fills in NTF_SELF and NUD_PERMANENT|NUD_NOARP for add/append/del only;
         # a "replace" without them is sent to the (absent) master and fails EOPNOTSUPP.
-        self._call(
-            f"set FDB entry {mac} -> {dst} on {dev}",
-            self.ipr.fdb,
-            "replace",
-            ifindex=self.index(dev),
-            lladdr=mac,
-            dst=dst,
-            flags=NTF_SELF,
-            state=NUD_PERMANENT | NUD_NOARP,
-        )
+        self._on_device(dev, f"set FDB entry {mac} -> {dst} on {dev}", lambda link: self.ipr.fdb(
+            "replace", ifindex=link.index, lladdr=mac, dst=dst, flags=NTF_SELF, state=NUD_PERMANENT | NUD_NOARP))
 
     def fdb_delete(self, dev: str, mac: str, bridge: str | None = None) -> None:
         """Delete the device's own row for ``mac`` and, if ``dev`` is a port of ``bridge``, the
         row the bridge learned for it there, so no stale learned row outlives the static one.
         Missing rows (or a missing ``dev``) are not errors."""
-        link = self.link(dev)
-        if link is None:
-            return
-        self._fdb_del(link.index, mac, NTF_SELF, f"delete FDB entry {mac} on {dev}")
-        br = self.link(bridge) if bridge is not None else None
-        if br is not None and link.master == br.index:
+        action = f"delete FDB entry {mac} on {dev}"
+        self._on_device(dev, action, lambda link: self.ipr.fdb("del", ifindex=link.index, lladdr=mac, flags=NTF_SELF),
+                        missing_ok=True)  # fmt: skip
+        link = self._devices.get(dev)
+        br = self._device(bridge) if bridge is not None else None
+        if link is not None and br is not None and link.master == br.index:
             # The kernel deletes a master row only if it is on this port: a MAC that
             # moved to a local port (a container now on this host) is left alone.
-            self._fdb_del(link.index, mac, NTF_MASTER, f"delete {bridge}'s FDB entry {mac} on {dev}")
-
-    def _fdb_del(self, index: int, mac: str, flags: int, action: str) -> None:
-        try:
-            self.ipr.fdb("del", ifindex=index, lladdr=mac, flags=flags)
-        except NetlinkError as err:
-            if err.code not in _GONE:
-                raise _fail(action, err) from None
+            self._on_device(dev, f"delete {bridge}'s FDB entry {mac} on {dev}", lambda link: self.ipr.fdb(
+                "del", ifindex=link.index, lladdr=mac, flags=NTF_MASTER), missing_ok=True)
 
     def fdb_entries(self, dev: str) -> dict[str, str]:
         """MAC -> destination of ``dev``'s own permanent unicast rows."""
@@ -367,26 +385,13 @@ class Netlink:
 
     def neigh_replace(self, dev: str, ip: str, mac: str) -> None:
         """Permanent neighbour ``ip`` -> ``mac`` (IPv4 or IPv6) on ``dev``, replacing any other."""
-        self._call(
-            f"set neighbour {ip} -> {mac} on {dev}",
-            self.ipr.neigh,
-            "replace",
-            ifindex=self.index(dev),
-            dst=ip,
-            lladdr=mac,
-            state=NUD_PERMANENT,
-        )
+        self._on_device(dev, f"set neighbour {ip} -> {mac} on {dev}", lambda link: self.ipr.neigh(
+            "replace", ifindex=link.index, dst=ip, lladdr=mac, state=NUD_PERMANENT))
 
     def neigh_delete(self, dev: str, ip: str) -> None:
         """Delete neighbour ``ip`` on ``dev``; a missing entry or device is not an error."""
-        link = self.link(dev)
-        if link is None:
-            return
-        try:
-            self.ipr.neigh("del", ifindex=link.index, dst=ip)
-        except NetlinkError as err:
-            if err.code not in _GONE:
-                raise _fail(f"delete neighbour {ip} on {dev}", err) from None
+        self._on_device(dev, f"delete neighbour {ip} on {dev}",
+                        lambda link: self.ipr.neigh("del", ifindex=link.index, dst=ip), missing_ok=True)  # fmt: skip
 
     def neigh_entries(self, dev: str) -> dict[str, str]:
         """IP -> MAC of ``dev``'s permanent neighbours, IPv4 and IPv6."""
