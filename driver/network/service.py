@@ -251,7 +251,9 @@ class NetworkService:
             log.error("firewall sync during rollback failed: %s", err)
 
     def sync_firewall(self) -> None:
-        nets, endpoints = self.repo.networks(), self.repo.endpoints()
+        # In a fixed order: the same records give the same rules, in a restart too.
+        nets = sorted(self.repo.networks(), key=lambda n: n.id)
+        endpoints = sorted(self.repo.endpoints(), key=lambda e: e.id)
         for fw, v6 in ((self.firewall.v4, False), (self.firewall.v6, True)):
             fw.apply(render(bridge_rules(nets, endpoints, v6), v6))
 
