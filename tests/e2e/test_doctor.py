@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,18 +178,8 @@ def test_stopped_dockerd_and_its_leftover_drop_policy_are_caught(lab_host: Host)
     lines = assert_ok(lab_host, "dockerd", "forward policy")
     assert lab_host.kind in lines["dockerd"]
     # dockerd puts its own FORWARD jumps back at the top when it starts (below DOCKER-USER),
-    # so ours now comes after them, and doctor says so. Its fix puts it back in place.
-    assert lines["forward jump"].startswith("warn ") and "after dockerd's" in lines["forward jump"], lines
-    ns = lab_host.engine.netns
-    ns.run("iptables", "-D", "FORWARD", "-j", "PYOVERLAY-FORWARD")
-    assert lab_host.driver is not None
-    lab_host.driver.restart()
-    # It answers before its start-up reconciliation has synced the firewall: wait for that.
-    deadline = time.monotonic() + 10
-    while JUMP not in ns.run("iptables", "-S", "FORWARD").stdout.splitlines():
-        assert time.monotonic() < deadline, "the restarted driver did not put its FORWARD jump back"
-        time.sleep(0.1)
-    assert "after DOCKER-USER" in assert_ok(lab_host, "forward jump")["forward jump"]
+    # so ours now comes after them: doctor says where, and that it does not matter.
+    assert lines["forward jump"].startswith("ok ") and "after dockerd's" in lines["forward jump"], lines
 
 
 def test_unreachable_etcd_is_caught_and_the_underlay_mtu_reported(lab_host: Host) -> None:

@@ -65,7 +65,7 @@ def test_forward_jump_missing_or_misplaced() -> None:
     assert "before DOCKER-USER" in d.forward_jump(before_user, NETS).what
     after = "-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\n-A FORWARD -j PYOVERLAY-FORWARD\n"
     c = d.forward_jump(after, NETS)
-    assert c.level == "warn" and "after dockerd's DOCKER-FORWARD" in c.what
+    assert c.level == "ok" and "after dockerd's DOCKER-FORWARD" in c.what, "where dockerd puts it; harmless"
     assert d.forward_jump(None, NETS).level == "warn"
 
 
