@@ -4,6 +4,13 @@ The driver runs with the Docker GC (``--docker-host``, ``--gc-interval 1``): aft
 failure its endpoint records must equal the endpoints dockerd has, and its address
 records the addresses in use (running containers and the gateway), once the GC's grace
 (10 intervals) has passed. Every check is polled with a bound.
+
+Who cleans up (seen on both engines): after a SIGKILL without live-restore, the restarted
+dockerd logs "Removing stale sandbox" and itself sends Leave, DeleteEndpoint and
+ReleaseAddress for the killed containers; after the reboot the driver's reconciliation
+forgets those endpoints first (their veths are gone) and answers dockerd's later
+DeleteEndpoint for them with 200. The GC has nothing left to collect in either case; it
+must not collect anything after a live-restore either.
 """
 
 from __future__ import annotations
