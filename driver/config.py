@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from driver.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
@@ -56,6 +56,20 @@ def parse_hostport(value: str) -> tuple[str, int]:
     if not sep or not 0 <= number <= 65535:
         raise ValueError(f"{value!r} is not IP:PORT (e.g. 127.0.0.1:9450 or [::1]:9450)")
     return host, number
+
+
+def check_pool_spec(spec: str, v6: bool) -> None:
+    """``BASE/LEN:SIZE``: pools of /SIZE carved out of BASE/LEN, e.g. ``10.200.0.0/13:24``."""
+    base, sep, size = spec.rpartition(":")
+    try:
+        net = ipaddress.ip_network(base)
+    except ValueError:
+        example = "fd00::/48:64" if v6 else "10.200.0.0/13:24"
+        raise ValueError(f"{spec!r} is not BASE/LEN:SIZE (e.g. {example})") from None
+    if not sep or not size.isdigit() or (net.version == 6) != v6:
+        raise ValueError(f"{spec!r} is not BASE/LEN:SIZE of IPv{6 if v6 else 4}")
+    if not net.prefixlen <= int(size) <= net.max_prefixlen:
+        raise ValueError(f"{spec!r}: size /{size} must be between /{net.prefixlen} and /{net.max_prefixlen}")
 
 
 class Settings(BaseSettings):
@@ -134,6 +148,14 @@ class Settings(BaseSettings):
         # A managed plugin's env variables are set, if only to "", whether or not the
         # user gave them.
         return None if value == "" else value
+
+    @field_validator("default_pools_v4", "default_pools_v6")
+    @classmethod
+    def _pool_specs(cls, specs: list[str], info: ValidationInfo) -> list[str]:
+        v6 = info.field_name == "default_pools_v6"
+        for spec in specs:
+            check_pool_spec(spec, v6)
+        return specs
 
     @field_validator("etcd_endpoints", mode="before")
     @classmethod

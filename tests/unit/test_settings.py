@@ -58,3 +58,17 @@ def test_out_of_range_values_are_refused(field: str, value: object) -> None:
 def test_defaults_are_the_documented_ones() -> None:
     s = load_settings({})
     assert (s.store, s.etcd_prefix, s.host_ttl, s.vxlan_port) == ("local", "/pyoverlay", 15, 4789)
+
+
+@pytest.mark.parametrize(
+    ("field", "spec", "why"),
+    [
+        ("default_pools_v4", "10.200.0.0/13", "is not BASE/LEN:SIZE"),
+        ("default_pools_v4", "10.200.0.0/13:12", "size /12 must be between /13 and /32"),
+        ("default_pools_v4", "fd00::/48:64", "of IPv4"),
+        ("default_pools_v6", "fd00::/48:200", "between /48 and /128"),
+    ],
+)
+def test_bad_default_pool_specs_stop_the_driver_at_start(field: str, spec: str, why: str) -> None:
+    with pytest.raises(SettingsError, match=why):
+        load_settings({field: [spec]})
