@@ -42,8 +42,7 @@ class Node:
 
     @property
     def max_mtu(self) -> int:
-        """The largest MTU this host's underlay carries inside VXLAN."""
-        return self.underlay.mtu - VXLAN_OVERHEAD[ipaddress.ip_address(self.vtep).version]
+        return carried_mtu(self.underlay, self.vtep)
 
     def start(self) -> None:
         self.programmer.start()
@@ -53,6 +52,11 @@ class Node:
         self.sync.stop()
         self.programmer.stop()
         self.store.close()
+
+
+def carried_mtu(underlay: Link, vtep: str) -> int:
+    """The largest MTU this host's underlay carries inside VXLAN."""
+    return underlay.mtu - VXLAN_OVERHEAD[ipaddress.ip_address(vtep).version]
 
 
 def host_id(state_dir: Path) -> str:
@@ -122,7 +126,7 @@ def build_node(settings: Settings, store: ClusterStore, nl_factory: type[Netlink
         lease=lease, view=view,
         programmer=PeerProgrammer(store, nl_factory(), host, resync_every=settings.resync_interval),
         sync=HostSync(registry, lease, view, vtep, resync_every=settings.resync_interval,
-                      max_mtu=underlay.mtu - VXLAN_OVERHEAD[ipaddress.ip_address(vtep).version]),
+                      max_mtu=carried_mtu(underlay, vtep)),
     )
     log.info("cluster node %s: VTEP %s on %s (MTU %d), VXLAN port %d", host, vtep, underlay.name, underlay.mtu,
              settings.vxlan_port)  # fmt: skip

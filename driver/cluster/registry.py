@@ -304,9 +304,6 @@ class Registry:
             log.warning("publishing endpoint %s timed out in etcd; trying once more", endpoint[:12])
             self.store.txn([], [write])
 
-    def withdraw(self, name: str, endpoint: str) -> None:
-        self.store.delete(peer_key(name, self.host, endpoint))
-
 
 def _check_matches(rec: OverlayRecord, spec: OverlaySpec, max_mtu: int) -> None:
     for field, option in _MATCHED:

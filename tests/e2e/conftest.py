@@ -124,22 +124,22 @@ class Host:
     driver: DriverProcess | None
 
 
-def _lab_options(request: pytest.FixtureRequest) -> dict[str, Any]:
-    opts: dict[str, Any] = {
-        "driver": True,
-        "kinds": None,
-        "live_restore": False,
-        "engine_args": (),
-        "daemon_config": None,
-        "driver_args": (),
-    }
-    marker = request.node.get_closest_marker("lab")
+def _marker_options(request: pytest.FixtureRequest, name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` overridden by the module's ``pytest.mark.<name>(...)``; unknown keys are an error."""
+    opts = dict(defaults)
+    marker = request.node.get_closest_marker(name)
     if marker is not None:
         unknown = set(marker.kwargs) - set(opts)
         if unknown:
-            raise pytest.UsageError(f"unknown lab() options {sorted(unknown)}")
+            raise pytest.UsageError(f"unknown {name}() options {sorted(unknown)}")
         opts.update(marker.kwargs)
     return opts
+
+
+def _lab_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    defaults = {"driver": True, "kinds": None, "live_restore": False, "engine_args": (), "daemon_config": None,
+                "driver_args": ()}  # fmt: skip
+    return _marker_options(request, "lab", defaults)
 
 
 @pytest.fixture(scope="session")
@@ -236,20 +236,8 @@ def lan(host: Host) -> Lan:
 
 # ------------------------------------------------------------------ multi-host
 def _multihost_options(request: pytest.FixtureRequest) -> dict[str, Any]:
-    opts: dict[str, Any] = {
-        "driver_args": None,
-        "driver": True,
-        "live_restore": False,
-        "engine_args": (),
-        "daemon_config": None,
-    }
-    marker = request.node.get_closest_marker("multihost")
-    if marker is not None:
-        unknown = set(marker.kwargs) - set(opts)
-        if unknown:
-            raise pytest.UsageError(f"unknown multihost() options {sorted(unknown)}")
-        opts.update(marker.kwargs)
-    return opts
+    defaults = {"driver_args": None, "driver": True, "live_restore": False, "engine_args": (), "daemon_config": None}
+    return _marker_options(request, "multihost", defaults)
 
 
 def multihost_kinds() -> tuple[str, ...]:
