@@ -11,6 +11,7 @@ non-200 answer, for the IPAM API too).
      ├── Exhausted (409)          no free address / pool left
      ├── TooLarge (413)           a request body over the size limit
      ├── Unsupported (501)        the kernel or host lacks what the request needs
+     ├── StorageError (507)       the state directory cannot be written (full, read-only)
      └── Unavailable (503)        a bounded wait (kernel, iptables, store) ran out
 
 No handler answers 404: dockerd reads a 404 as "verb not implemented" (and ignores it
@@ -49,6 +50,10 @@ class TooLarge(DriverError):
 
 class Unsupported(DriverError):
     status = 501
+
+
+class StorageError(DriverError):
+    status = 507
 
 
 class Unavailable(DriverError):

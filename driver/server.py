@@ -37,7 +37,6 @@ from driver.network.reconcile import reconcile
 from driver.network.service import NetworkService
 from driver.network.steps import Steps
 from driver.ops.activity import Activity
-from driver.ops.logcontext import ContextWorker
 from driver.ops.logs import setup_logging
 from driver.ops.measured_store import MeasuredStore, StoreHealth
 from driver.ops.metrics import LabelValues
@@ -47,6 +46,7 @@ from driver.ops.status import Startup, StatusSource
 from driver.ops.telemetry import DriverMetrics
 from driver.state import Repo
 from driver.store.local import LocalStore
+from driver.worker import Worker
 
 log = logging.getLogger("driver")
 
@@ -75,7 +75,7 @@ def build(settings: Settings, metrics: DriverMetrics) -> tuple[Services, Netlink
     health = store.health if isinstance(store, MeasuredStore) else None
     status = StatusSource(repo, local.held, activity, Startup(), node, health, sightings)
     _gauges(metrics, repo, local, activity, health)
-    worker = ContextWorker(settings.request_timeout)
+    worker = Worker(settings.request_timeout)
     return Services(network=network, ipam=ipam, worker=worker, status=status, activity=activity), nl, node
 
 

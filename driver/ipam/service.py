@@ -13,6 +13,7 @@ from driver.ipam.addresses import AddressBook, LocalAddressBook
 from driver.ipam.allocator import IPAddr, IPNet
 from driver.network.steps import checkpoint
 from driver.state import PoolRecord, Purpose, Repo
+from driver.worker import GivenUp, ensure_wanted
 
 LOCAL_SPACE = "PyoverlayLocal"
 GLOBAL_SPACE = "PyoverlayGlobal"
@@ -89,6 +90,7 @@ class IpamService:
             v6=v6,
             options=dict(options),
         )
+        ensure_wanted(f"request pool {rec.id}")  # the pick may have waited on etcd
         checkpoint(f"request pool {rec.id}: save pool")
         self.repo.put_pool(rec)
         self._answered_pools.add(rec.id)
@@ -137,6 +139,11 @@ class IpamService:
             addr = want
         else:
             addr = self.addresses.reserve(rec, want, purpose)
+            try:
+                ensure_wanted(f"request address {pool_id} {addr}")
+            except GivenUp:
+                self.addresses.release(rec, addr)
+                raise
         self._answered.add((rec.id, str(addr)))
         checkpoint(f"request address {pool_id} {addr}: answer")
         return f"{addr}/{ipaddress.ip_network(rec.pool).prefixlen}"

@@ -8,7 +8,7 @@ reconciliation at start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from driver.api import models
@@ -23,6 +23,7 @@ from driver.network.modes.bridge import BRIDGED_MODES
 from driver.network.requests import endpoint_address, gateway_for, network_record
 from driver.network.steps import Steps, checkpoint
 from driver.state import EndpointRecord, NetworkRecord, PortBinding, Repo
+from driver.worker import ensure_wanted
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,21 @@ class NetworkService:
             if other.config.mode == rec.config.mode:
                 mode.check_coexistence(rec, other)
         mode.prepare_network(rec)
+        what = f"create network {rec.id[:12]}"
         self.repo.put_network(rec)
         try:
-            with Steps(f"create network {rec.id[:12]}") as steps:
+            with Steps(what) as steps:
                 mode.create_network(rec, steps)
                 steps.run("program firewall", self.sync_firewall)
+                # Inside the steps: a caller gone, or a record that cannot be saved
+                # (a full state dir), undoes the kernel's side too.
+                ensure_wanted(what)
+                rec.status = "ready"
+                self.repo.put_network(rec)
         except BaseException:
-            self.repo.delete_network(rec.id)
+            self._forget_quietly(what, lambda: self.repo.delete_network(rec.id))
             self._sync_firewall_quietly()
             raise
-        rec.status = "ready"
-        self.repo.put_network(rec)
         log.info("network %s created (%s)", rec.id[:12], rec.config.mode)
 
     def _repeat_create(self, old: NetworkRecord, new: NetworkRecord) -> None:
@@ -139,12 +144,13 @@ class NetworkService:
         try:
             with Steps(what) as steps:
                 self.mode(net).create_endpoint(net, ep, steps)
+                ensure_wanted(what)
+                checkpoint(f"{what}: mark ready")
+                ep.status = "ready"
+                self.repo.put_endpoint(ep)
         except BaseException:
-            self.repo.delete_endpoint(ep.id)
+            self._forget_quietly(what, lambda: self.repo.delete_endpoint(ep.id))
             raise
-        checkpoint(f"{what}: mark ready")
-        ep.status = "ready"
-        self.repo.put_endpoint(ep)
         checkpoint(f"{what}: answer")
 
     def join(self, req: models.JoinRequest) -> JoinInfo:
@@ -191,9 +197,11 @@ class NetworkService:
         try:
             checkpoint(f"{what}: sync firewall")
             self.sync_firewall()
+            if programmed:  # a revoke may as well finish
+                ensure_wanted(what)
         except BaseException:
             ep.ports, ep.programmed = old
-            self.repo.put_endpoint(ep)
+            self._forget_quietly(what, lambda: self.repo.put_endpoint(ep))
             self._sync_firewall_quietly()
             raise
 
@@ -243,6 +251,15 @@ class NetworkService:
         if rec is None:
             raise InvalidRequest(f"EndpointID: endpoint {eid[:12]} is not known to pyoverlay")
         return rec
+
+    @staticmethod
+    def _forget_quietly(what: str, forget: Callable[[], None]) -> None:
+        # A rollback must not hide why the call failed. A record it cannot write back (a
+        # read-only state dir) is left "creating", which the next start rolls back.
+        try:
+            forget()
+        except Exception as err:
+            log.error("%s: forgetting the record during rollback failed: %s", what, err)
 
     def _sync_firewall_quietly(self) -> None:
         try:

@@ -9,7 +9,9 @@ network 1a2b3c4d5e6f: remove devices``, logged at debug as ``step: <name>``. ``f
 is a test hook (set with ``PYOVERLAY_FAIL_STEP``): the first point whose name, or whose
 step part (after ``": "``), starts with it fails, to prove rollback; with a ``crash:``
 prefix the process kills itself there instead, as a ``kill -9`` at that moment would, to
-prove recovery at the next start.
+prove recovery at the next start; with ``stall=SECONDS:`` the first point it matches
+blocks the worker that long, as a netlink answer stuck behind the rtnl lock would, to
+prove that a slow call neither hangs dockerd nor leaves anything behind.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 
 from driver.errors import DriverError
+from driver.worker import note_step
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +62,45 @@ def checkpoint(name: str) -> None:
     """A named point of a state-changing call (``"<call> <object>: <step>"``): logged, and
     where ``PYOVERLAY_FAIL_STEP`` injects its fault."""
     log.debug("step: %s", name)
+    note_step(name)
     if Steps.fail_step:
         _inject(Steps.fail_step, name)
 
 
+def _parse(spec: str) -> tuple[str, float, str]:
+    """``[crash:|stall=SECONDS:]prefix`` as (kind, seconds, prefix)."""
+    if spec.startswith("crash:"):
+        return "crash", 0.0, spec.removeprefix("crash:")
+    head, sep, rest = spec.partition(":")
+    if sep and head.startswith("stall="):
+        try:
+            return "stall", float(head.removeprefix("stall=")), rest
+        except ValueError:
+            pass
+    return "fail", 0.0, spec
+
+
 def matches(spec: str, name: str) -> bool:
-    """Whether the fault ``spec`` (``[crash:]prefix``) fires at the point ``name``."""
-    prefix = spec.removeprefix("crash:")
+    """Whether the fault ``spec`` fires at the point ``name``."""
+    prefix = _parse(spec)[2]
     return name.startswith(prefix) or name.partition(": ")[2].startswith(prefix)
+
+
+_stalled: set[str] = set()  # a stall is a one-off slow answer: once per process
 
 
 def _inject(spec: str, name: str) -> None:
     if not matches(spec, name):
         return
-    if spec.startswith("crash:"):
+    kind, seconds, _ = _parse(spec)
+    if kind == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "stall":
+        if spec not in _stalled:
+            _stalled.add(spec)
+            log.warning("step: %s: stalling %.0fs (PYOVERLAY_FAIL_STEP)", name, seconds)
+            time.sleep(seconds)
+        return
     raise DriverError(f"{name}: injected failure (PYOVERLAY_FAIL_STEP)")
 
 

@@ -2,21 +2,14 @@
 
 The app sets the IDs of the request it serves (``bind_request``); a line logged while it
 is served, on the event loop or on the worker, gets `` [network 1a2b3c4d5e6f endpoint
-…]`` appended unless it already names those short IDs. The worker runs calls in a
-thread pool, which does not carry context variables by itself: ``ContextWorker`` hands
-each call the caller's context.
+…]`` appended unless it already names those short IDs (the worker runs each call in its
+caller's context: ``driver.worker``).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-from driver.worker import Worker
-
-T = TypeVar("T")
 
 _ids: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("pyoverlay_ids", default=())
 SHORT = 12
@@ -46,11 +39,3 @@ class RequestIdFilter(logging.Filter):
                 record.msg, record.args = f"{text} [{' '.join(missing)}]", None
             record._pyoverlay_ids = True  # two handlers see one record: append once
         return True
-
-
-class ContextWorker(Worker):
-    """The worker, running each call in the context of the request that made it."""
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        ctx = contextvars.copy_context()
-        return await super().run(ctx.run, fn, *args)

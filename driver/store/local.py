@@ -11,9 +11,11 @@ few records per network and endpoint) is small.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
+from driver.errors import StorageError
 from driver.store.base import check_key
 
 _TMP_SUFFIX = ".tmp"
@@ -47,29 +49,52 @@ class LocalStore:
 
     def put(self, key: str, value: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(path.name + _TMP_SUFFIX)
-        with open(tmp, "wb") as f:
-            f.write(value)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(value)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            # The old record stays in place (and in the cache); no half-written file
+            # is left to fill what little space there is.
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise _unwritable("save", key, err) from None
+        # Renamed: the new record is the one on disk, even if the fsync below fails.
         self._cache[key] = value
+        self._sync(path.parent, "save", key)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        self._cache.pop(key, None)
         try:
             path.unlink()
         except FileNotFoundError:
+            self._cache.pop(key, None)
             return
-        _fsync_dir(path.parent)
+        except OSError as err:
+            raise _unwritable("delete", key, err) from None
+        self._cache.pop(key, None)
+        self._sync(path.parent, "delete", key)
+
+    @staticmethod
+    def _sync(directory: Path, action: str, key: str) -> None:
+        try:
+            _fsync_dir(directory)
+        except OSError as err:
+            raise _unwritable(action, key, err) from None
 
     def list(self, kind: str) -> dict[str, bytes]:
         prefix = kind + "/"
         # A snapshot first (one C-level copy): background threads read while the worker writes.
         return {k: v for k, v in list(self._cache.items()) if k.startswith(prefix)}
+
+
+def _unwritable(action: str, key: str, err: OSError) -> StorageError:
+    where = err.filename or key
+    return StorageError(f"state directory: cannot {action} record {key}: {err.strerror or err} ({where})")
 
 
 def _fsync_dir(path: Path) -> None:

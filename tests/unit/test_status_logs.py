@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from driver.ops.logcontext import ContextWorker, bind_request
+from driver.ops.logcontext import bind_request
 from driver.ops.logs import setup_logging
+from driver.worker import Worker
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_request_ids_are_added_once_unless_named(streams: tuple[io.StringIO, io.
         bind_request(SimpleNamespace(NetworkID="a" * 64, EndpointID="b" * 64))
         log.warning("something about the request")
         log.info("network %s: already named", "a" * 12)
-        worker = ContextWorker(5)
+        worker = Worker(5)
         try:
             await worker.run(log.info, "logged on the worker")  # another thread, the request's context
         finally:

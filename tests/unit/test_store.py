@@ -1,8 +1,10 @@
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
+from driver.errors import StorageError
 from driver.store.local import LocalStore
 from driver.store.memory import MemoryStore
 
@@ -37,10 +39,46 @@ def test_writes_replace_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="cannot save record network/abc: simulated crash before rename"):
         s.put("network/abc", b"new")
     monkeypatch.undo()
+    assert s.get("network/abc") == b"old"
     assert LocalStore(tmp_path).get("network/abc") == b"old"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EIO])
+def test_a_write_that_fails_changes_nothing_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    s = LocalStore(tmp_path)
+    s.put("network/abc", b"old")
+
+    def refuse(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(StorageError, match=f"cannot save record network/abc: {os.strerror(code)}") as caught:
+        s.put("network/abc", b"new")
+    assert caught.value.status == 507
+    with pytest.raises(StorageError, match="cannot save record network/xyz"):
+        s.put("network/xyz", b"x")
+    monkeypatch.undo()
+    assert (s.get("network/abc"), s.get("network/xyz")) == (b"old", None)
+    assert sorted(p.name for p in (tmp_path / "store" / "network").iterdir()) == ["abc.json"]  # no temp left
+
+
+def test_a_delete_that_fails_keeps_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = LocalStore(tmp_path)
+    s.put("network/abc", b"old")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(StorageError, match="cannot delete record network/abc: Read-only file system"):
+        s.delete("network/abc")
+    monkeypatch.undo()
+    assert s.get("network/abc") == b"old" and LocalStore(tmp_path).get("network/abc") == b"old"
 
 
 @pytest.mark.parametrize("key", ["network/../x", "network/..", "Network/x", "network/a/b", "network/", "x"])
