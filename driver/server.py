@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from driver import __version__
+from driver.api.http import PluginH11Protocol
 from driver.api.routes import Services
 from driver.app import create_app
 from driver.cluster.base import ClusterStore
@@ -201,10 +202,12 @@ def serve(sock: socket.socket, overrides: dict[str, Any]) -> int:
     app = create_app(services)
     app.router.lifespan_context = lifespan
     # log_config=None: uvicorn's records go through our handlers (its own config would
-    # send its info lines to stderr, which dockerd logs as errors).
+    # send its info lines to stderr, which dockerd logs as errors). http: broken framing
+    # answered with an Err too (driver.api.http); ws="none": an Upgrade header never hands
+    # the connection to a WebSocket library that happens to be installed.
     config = uvicorn.Config(
         app, log_level=settings.log_level, access_log=settings.log_level == "debug", lifespan="on",
-        timeout_graceful_shutdown=5, log_config=None,
+        timeout_graceful_shutdown=5, log_config=None, http=PluginH11Protocol, ws="none",
     )
     log.info("pyoverlay %s listening on %s (state in %s)", __version__, settings.socket, settings.state_dir)
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 from typing import Any
 
 import pytest
 
-from tests.plugin import Plugin
+from tests.plugin import ACCEPT, Plugin
 
 NID = "1" * 64
 EID = "2" * 64
@@ -189,3 +191,65 @@ def test_bad_exposed_ports_are_refused(shared_plugin: Plugin) -> None:
         )
     finally:
         shared_plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+
+
+def raw_exchange(p: Plugin, data: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
+    """``data`` as is over a fresh connection: status, headers, body, and whatever the
+    server sent after the answer before closing (must be nothing)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(str(p.driver.socket_path))
+        s.sendall(data)
+        resp = http.client.HTTPResponse(s, method="POST")
+        resp.begin()
+        body = resp.read()
+        rest = resp.fp.read() if resp.fp is not None else b""
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body, rest
+
+
+HEAD = b"POST /Plugin.Activate HTTP/1.1\r\nHost: \r\n"
+BROKEN_FRAMING = [
+    pytest.param(b"\x00\x01 garbage\r\n\r\n", "illegal request line", id="garbage-request-line"),
+    pytest.param(b"POST /Plugin.Activate HTTP/9\r\n\r\n", "illegal request line", id="bad-version"),
+    pytest.param(HEAD + b"Bad Header: x\r\n\r\n", "illegal header line", id="space-in-header-name"),
+    pytest.param(HEAD + b"X-A: a\x00b\r\n\r\n", "illegal header", id="nul-in-value"),
+    pytest.param(HEAD + b"Content-Length: 1x\r\n\r\n", "bad Content-Length", id="bad-content-length"),
+    pytest.param(HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "conflicting Content-Length",
+                 id="two-content-lengths"),
+    pytest.param(HEAD + b"Transfer-Encoding: gzip\r\n\r\n", "Only Transfer-Encoding: chunked", id="gzip-encoding"),
+    pytest.param(HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "illegal chunk header",
+                 id="bad-chunk-size"),
+    pytest.param(HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n", "malformed chunk footer",
+                 id="bad-chunk-end"),
+    pytest.param(HEAD + b"X-A: " + b"a" * 20_000, "Receive buffer too long", id="header-too-long"),
+    pytest.param(HEAD + b"X" * 10_000 + b"\r\n\r\n", "illegal header line", id="huge-bad-header"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BROKEN_FRAMING)
+def test_broken_framing_gets_400_err(shared_plugin: Plugin, data: bytes, message: str) -> None:
+    """uvicorn answers what h11 cannot parse before the app sees it: still a JSON Err
+    naming what was wrong, and the connection closed after it."""
+    log_size = shared_plugin.driver.log_path.stat().st_size
+    before = shared_plugin.snapshot()
+    status, headers, body, rest = raw_exchange(shared_plugin, data)
+    assert status == 400, (status, body)
+    assert headers["content-type"] == ACCEPT and headers["connection"] == "close", headers
+    out = json.loads(body)
+    assert set(out) == {"Err"} and out["Err"].startswith("malformed HTTP request: "), out
+    assert message in out["Err"] and len(out["Err"]) <= 2200, out
+    assert rest == b""
+    # and the driver goes on serving, unchanged, with nothing thrown in its log
+    assert shared_plugin.ok("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert shared_plugin.snapshot() == before
+    with open(shared_plugin.driver.log_path, "rb") as f:
+        f.seek(log_size)
+        assert b"Traceback" not in f.read()
+
+
+def test_well_formed_raw_request_still_served(shared_plugin: Plugin) -> None:
+    """The same raw path with correct framing, chunked included, reaches the app."""
+    chunked = HEAD + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    status, headers, body, _ = raw_exchange(shared_plugin, chunked)
+    assert status == 200 and json.loads(body) == {"Implements": ["NetworkDriver", "IpamDriver"]}, body
+    assert headers["content-type"] == ACCEPT
