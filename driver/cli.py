@@ -16,6 +16,7 @@ import fcntl
 import os
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import IO
@@ -93,6 +94,28 @@ def _env(flag: str) -> str:
     return f"PYOVERLAY_{flag[2:].replace('-', '_').upper()}"
 
 
+def private_dir(path: Path) -> str | None:
+    """Make ``path`` a directory only this user (root) can read, write or enter: created
+    0700, or an existing one made 0700 and ours. What was changed, for the log, or None.
+
+    It holds every record of networks, endpoints and addresses, and the etcd client key
+    when one is kept there (as the managed plugin's settings suggest)."""
+    existed = path.is_dir()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    uid, gid = os.geteuid(), os.getegid()
+    changes = []
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(path, uid, gid)
+        changes.append(f"owner {st.st_uid}:{st.st_gid} -> {uid}:{gid}")
+    if stat.S_IMODE(st.st_mode) != 0o700:  # mkdir's mode went through the umask
+        os.chmod(path, 0o700)
+        changes.append(f"mode {stat.S_IMODE(st.st_mode):04o} -> 0700")
+    if not existed or not changes:
+        return None
+    return f"state directory {path} was open to others: {', '.join(changes)}"
+
+
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the state directory for the life of the process."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -120,7 +143,10 @@ def bind_socket(path: Path) -> socket.socket:
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
-    os.chmod(path, 0o660)
+    # Root only: whoever can connect can create networks and firewall rules (dockerd runs
+    # as root). Before listen(): until then a connect is refused, so the mode bind gave
+    # the file (through the umask) is never usable.
+    os.chmod(path, 0o600)
     sock.listen(128)
     return sock
 
@@ -172,6 +198,7 @@ def _serve(args: argparse.Namespace, socket_path: Path) -> int:
     overrides = _overrides(args, socket_path)
     state_dir = Path(str(overrides["state_dir"]))
     try:
+        note = private_dir(state_dir)
         lock = lock_state_dir(state_dir)
         sock = bind_socket(socket_path)
     except (StartupError, OSError) as err:
@@ -186,7 +213,7 @@ def _serve(args: argparse.Namespace, socket_path: Path) -> int:
         from driver.server import serve
 
         try:
-            return serve(sock, overrides)
+            return serve(sock, overrides, [note] if note else [])
         except SettingsError as err:
             print(f"pyoverlay: {err}", file=sys.stderr)
             return 2

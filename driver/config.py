@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     resync_interval: float = Field(30.0, ge=1, le=3600)
 
     # -- metrics (off unless one is given) ------------------------------------------
-    # A Unix socket of its own (0660, like the driver's) and/or HOST:PORT for TCP; a
+    # A Unix socket of its own (0600, like the driver's) and/or HOST:PORT for TCP; a
     # scraper never gets the driver's socket, which can create networks.
     metrics_socket: Path | None = None
     metrics_addr: str | None = None

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +169,13 @@ def _metrics_server(settings: Settings, metrics: DriverMetrics) -> tuple[Metrics
     return server, owned
 
 
-def serve(sock: socket.socket, overrides: dict[str, Any]) -> int:
+def serve(sock: socket.socket, overrides: dict[str, Any], warnings: Sequence[str] = ()) -> int:
+    """Serve on ``sock`` until stopped; ``warnings`` are what the start-up before logging
+    was set up (``driver.cli``) has to say."""
     settings = load_settings(overrides)
     setup_logging(settings.log_level)
+    for line in warnings:
+        log.warning("%s", line)
     Steps.fail_step = settings.fail_step
     metrics = DriverMetrics()
     services, nl, node = build(settings, metrics)

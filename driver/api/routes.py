@@ -5,7 +5,7 @@ Nothing here decides anything; each handler is a line or two over the services.
 Beyond dockerd's verbs there is exactly one path, ``/Pyoverlay.Status``, for ``pyoverlay
 status``: read-only, answered from memory, never queued on the worker. It is on this
 socket rather than a second one because this socket already has the right owner and
-mode (root, 0660, where dockerd and admins look), and because a managed plugin exposes
+mode (root, 0600, where dockerd and admins look), and because a managed plugin exposes
 one socket only. dockerd never calls it (it only calls the verbs it knows), and every
 other unknown path still gets dockerd's 404.
 """

@@ -16,7 +16,7 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
         probe = socket.socket(socket.AF_UNIX)
         probe.connect(str(path))
         probe.close()
-        assert oct(path.stat().st_mode & 0o777) == "0o660"
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
     finally:
         sock.close()
 
