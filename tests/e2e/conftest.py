@@ -142,6 +142,20 @@ def _lab_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     return _marker_options(request, "lab", defaults)
 
 
+# A setup that fails is an error, never a skip: a skipped engine would pass a run that
+# tested nothing on it. Which engines run is chosen up front (PYOVERLAY_E2E_ENGINES).
+def _require_driver(wanted: bool) -> None:
+    if wanted and not driver_available():
+        pytest.fail("driver/cli.py does not exist yet", pytrace=False)
+
+
+def _require_sid_rootfs(session: LabSession) -> None:
+    try:
+        session.sid_rootfs()
+    except LabError as e:
+        pytest.fail(f"no dockerd 28.5 rootfs: {e}")
+
+
 @pytest.fixture(scope="session")
 def lab_session() -> Iterator[LabSession]:
     """The session: token, base dir /tmp/po-e2e-<token>/, busybox tarball, sid rootfs."""
@@ -182,19 +196,15 @@ def lab(lab_session: LabSession, engine_kind: str) -> Iterator[Lab]:
 def host(lab: Lab, engine_kind: str, busybox_tar: Path, request: pytest.FixtureRequest) -> Host:
     """Started driver (first: a missing legacy plugin costs 15 s per lookup), then the started engine."""
     opts = _lab_options(request)
-    if opts["driver"] and not driver_available():
-        pytest.skip("driver/cli.py does not exist yet")
-    try:
-        eng = lab.engine(
-            engine_kind,
-            live_restore=opts["live_restore"],
-            extra_args=opts["engine_args"],
-            daemon_config=opts["daemon_config"],
-        )
-    except LabError as e:
-        if engine_kind == "28.5":
-            pytest.skip(f"no dockerd 28.5 rootfs: {e}")
-        raise
+    _require_driver(opts["driver"])
+    if engine_kind == "28.5":
+        _require_sid_rootfs(lab.session)
+    eng = lab.engine(
+        engine_kind,
+        live_restore=opts["live_restore"],
+        extra_args=opts["engine_args"],
+        daemon_config=opts["daemon_config"],
+    )
     drv = None
     if opts["driver"]:
         drv = lab.driver(eng, extra_args=opts["driver_args"])
@@ -256,14 +266,10 @@ def multihost(lab_session: LabSession, request: pytest.FixtureRequest) -> Iterat
     callable HostNode → args (e.g. `tests.lab.overlay_driver_args`).
     """
     opts = _multihost_options(request)
-    if opts["driver"] and not driver_available():
-        pytest.skip("driver/cli.py does not exist yet")
+    _require_driver(opts["driver"])
     kinds = multihost_kinds()
     if "28.5" in kinds:
-        try:
-            lab_session.sid_rootfs()
-        except LabError as e:
-            pytest.skip(f"no dockerd 28.5 rootfs: {e}")
+        _require_sid_rootfs(lab_session)
     mh = MultiHost(
         lab_session,
         kinds=kinds,
