@@ -119,16 +119,21 @@ def private_dir(path: Path) -> str | None:
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the state directory for the life of the process."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    f = open(state_dir / "lock", "a+")  # noqa: SIM115 - held open until exit
+    path = state_dir / "lock"
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        raise StartupError(f"state directory {state_dir} is in use by another pyoverlay (pid {holder})") from None
-    f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+        path.touch(mode=0o600)
+        # Held open read-only: flock works on any open file, and a file open for writing
+        # would keep an admin (or the tests) from remounting the state dir read-only.
+        f = open(path)  # noqa: SIM115 - held open until exit
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = f.read().strip() or "?"
+            f.close()
+            raise StartupError(f"state directory {state_dir} is in use by another pyoverlay (pid {holder})") from None
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as err:
+        raise StartupError(f"state directory {state_dir}: {err.strerror} ({err.filename or path})") from None
     return f
 
 

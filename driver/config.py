@@ -84,9 +84,9 @@ class Settings(BaseSettings):
     default_pools_v4: list[str] = Field(default_factory=lambda: ["10.200.0.0/13:24"])
     default_pools_v6: list[str] = Field(default_factory=lambda: ["fd70:7079:6f76::/48:64"])
     # Upper bound on one iptables-restore run; a wedged xtables lock must not hang dockerd.
-    firewall_timeout: float = 10.0
+    firewall_timeout: float = Field(10.0, ge=2, le=120)
     # Upper bound on any one call, so dockerd (which has no timeout) always gets an answer.
-    request_timeout: float = 30.0
+    request_timeout: float = Field(30.0, ge=1, le=600)
     # Test hook: make the named rollback step fail (see driver.network.steps).
     fail_step: str | None = None
     # The Docker API, read in the background (never in a request) to collect networks

@@ -76,7 +76,7 @@ def ensure_wanted(what: str) -> None:
     answer would be thrown away, so what ``what`` would commit must be undone."""
     call = current()
     if call is not None and call.given_up.is_set():
-        raise GivenUp(f"{what}: the caller stopped waiting (the call took too long); rolling back")
+        raise GivenUp(f"{what}: its caller stopped waiting (the call took too long)")
 
 
 class Worker:
@@ -88,10 +88,13 @@ class Worker:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         call = Call(getattr(fn, "__name__", "call"))
         fut = self._pool.submit(self._execute, call, contextvars.copy_context(), fn, *args)
+        waited = asyncio.wrap_future(fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(waited), self.timeout)
         except TimeoutError:
             call.given_up.set()
+            # Nobody awaits it any more; what it ends with is logged by _execute.
+            waited.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise self._busy_error(call, fut) from None
 
     def _busy_error(self, call: Call, fut: Future[Any]) -> Unavailable:
@@ -126,8 +129,8 @@ class Worker:
         finally:
             _local.call, self._running = None, None
             if call.given_up.is_set():
-                log.info("%s finished %.1fs after it started; its caller had stopped waiting",
-                         call.name, time.monotonic() - call.started)  # fmt: skip
+                log.warning("%s ended %.1fs after it started; its caller had stopped waiting",
+                            call.name, time.monotonic() - call.started)  # fmt: skip
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

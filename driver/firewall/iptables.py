@@ -18,8 +18,10 @@ worker), so it never waits for, nor holds up, an apply.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 # Marks a finding that is no damage, only something to follow (watch.py logs it as info).
 REFRESH = "refresh: "
 Runner = Callable[[list[str], "str | None"], str]  # (argv, stdin) → stdout; raises DriverError
+_LOCK_HELD = "holding the xtables lock"  # iptables' words when -w ran out
+_RETRY_CAP = 60.0  # seconds between retries of an apply that keeps failing
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Iptables:
             log.warning("%s backend %s not installed: detecting it instead", self.family, backend)
         self._default: backends.BackendName | None = None
         self._applied: Applied | None = None
+        self._behind: tuple[float, int] | None = None  # (when, how many times) applies failed
         self._baseline: tuple[int, Snapshot] | None = None  # the checker's, see intact.py
         self.detected: backends.BackendName | None = None  # the checker saw dockerd here
 
@@ -83,8 +88,18 @@ class Iptables:
         except OSError as err:
             raise DriverError(f"{args[0]}: {err.strerror}") from None
         if proc.returncode != 0:
+            if _LOCK_HELD in proc.stderr:
+                raise Unavailable(
+                    f"{args[0]}: another program holds the xtables lock "
+                    f"({os.environ.get('XTABLES_LOCKFILE', '/run/xtables.lock')}); gave up after {self.lock_wait}s"
+                )
             raise DriverError(f"{args[0]} failed: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
+
+    @property
+    def lock_wait(self) -> int:
+        # Shorter than our own timeout, so a held lock is reported as that, not as a hang.
+        return max(1, int(self.timeout) - 1)
 
     def _save(self, b: backends.Backend) -> Saved:
         return parse(self._run([b.save], None))
@@ -136,13 +151,20 @@ class Iptables:
             self._restore(old.backend, self._teardown(self._save(old.backend)))
         bridges = _bridges(saved, old)
         complete = with_isolation(rs, bridges)
-        self._restore(b, self._teardown(saved) if rs.is_empty() else self._program(complete, saved))
+        try:
+            self._restore(b, self._teardown(saved) if rs.is_empty() else self._program(complete, saved))
+        except DriverError:
+            # The rules stay as they were (one transaction); the check retries the apply.
+            failed = self._behind[1] + 1 if self._behind else 1
+            self._behind = (time.monotonic(), failed)
+            raise
+        self._behind = None
         self._applied = Applied((old.generation + 1) if old else 1, b, decided, rs, complete, bridges)
 
     def _restore(self, b: backends.Backend, script: list[str]) -> None:
         if script:
             # -w: wait for the xtables lock; our own timeout bounds the wait.
-            self._run([b.restore, "-w", str(int(self.timeout)), "--noflush"], "\n".join(script) + "\n")
+            self._run([b.restore, "-w", str(self.lock_wait), "--noflush"], "\n".join(script) + "\n")
 
     def forget(self) -> None:
         """The next apply reprograms everything, and finds the backend again (a repair)."""
@@ -156,6 +178,11 @@ class Iptables:
     def problems(self) -> list[str]:
         """What is wrong with our rules now, or has moved under them (dockerd's backend,
         Docker's bridges: ``refresh``); reads the tables, changes nothing installed."""
+        behind = self._behind
+        if behind is not None and time.monotonic() - behind[0] >= min(_RETRY_CAP, 2.0**behind[1]):
+            # The records moved on without the rules: a failed apply is retried, less and
+            # less often while it keeps failing (each attempt may hold the worker a while).
+            return [f"{REFRESH}the last apply failed ({behind[1]} time(s) in a row); applying again"]
         applied = self._applied
         if not self.available or applied is None or applied.complete.is_empty():
             return []

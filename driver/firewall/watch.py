@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from driver.errors import DriverError
 from driver.firewall import Firewall
 from driver.firewall.iptables import REFRESH, Iptables
 
@@ -101,7 +102,11 @@ class FirewallWatch:
                 return
             for a in broken:
                 a.forget()
-            self.sync()
+            try:
+                self.sync()
+            except DriverError as err:  # e.g. the xtables lock still held: retried later
+                log.warning("firewall repair failed (%s); will retry", err)
+                return
             self.repairs += 1
             still = [f"{a.family}: {p}" for a in broken for p in a.problems()]
             if still:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from driver.api import models
-from driver.errors import Conflict, InvalidRequest
+from driver.errors import Conflict, DriverError, InvalidRequest
 from driver.firewall import Firewall
 from driver.firewall.rules import render
 from driver.network import ports
@@ -94,7 +94,7 @@ class NetworkService:
         checkpoint(f"{what}: forget record")
         self.repo.delete_network(nid)
         checkpoint(f"{what}: sync firewall")
-        self.sync_firewall()
+        self._sync_firewall_after_delete(what)
         log.info("network %s deleted", nid[:12])
 
     def _hand_over_device(self, rec: NetworkRecord, mode: Mode, what: str) -> None:
@@ -224,7 +224,7 @@ class NetworkService:
         self.repo.delete_endpoint(eid)
         if ep.ports:  # Revoke does not always come first (e.g. after a plugin re-enable)
             checkpoint(f"{what}: sync firewall")
-            self.sync_firewall()
+            self._sync_firewall_after_delete(what)
 
     def oper_info(self, nid: str, eid: str) -> dict[str, Any]:
         ep = self.repo.endpoint(eid)
@@ -260,6 +260,15 @@ class NetworkService:
             forget()
         except Exception as err:
             log.error("%s: forgetting the record during rollback failed: %s", what, err)
+
+    def _sync_firewall_after_delete(self, what: str) -> None:
+        # The object is gone from the kernel and the records: failing the call now would
+        # only make dockerd keep what no longer exists. Rules left for it match nothing
+        # and go with the background check's retry of the failed apply (watch.py).
+        try:
+            self.sync_firewall()
+        except DriverError as err:
+            log.warning("%s: done, but its firewall rules stay until a retry succeeds: %s", what, err)
 
     def _sync_firewall_quietly(self) -> None:
         try:

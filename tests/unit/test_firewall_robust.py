@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from driver.firewall import backend, bridgenf
+from driver.errors import Unavailable
+from driver.firewall import backend, bridgenf, iptables
 from driver.firewall.intact import problems, snapshot
 from driver.firewall.iptables import Iptables
 from driver.firewall.rules import (
@@ -311,6 +312,41 @@ def test_repair_rechecks_on_the_worker() -> None:
     t.chains["filter"]["FORWARD"].append("-j PYOVERLAY-FORWARD")  # e.g. a request's apply put it back
     queue.drain()
     assert synced == [] and watch.repairs == 0 and not watch._pending.is_set()
+
+
+def test_a_failed_apply_is_retried_by_the_check_less_and_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = Host()
+    t = host.tables["nft"].docker("docker0")
+    locked = True
+
+    def run(args: list[str], stdin: str | None) -> str:
+        if locked and args[0].endswith("restore"):
+            raise Unavailable("iptables-restore: another program holds the xtables lock")
+        return host.run(args, stdin)
+
+    clock = [1000.0]
+    monkeypatch.setattr(iptables.time, "monotonic", lambda: clock[0])
+    ipt = Iptables(5, run=run, which=host.which)
+    sync = lambda: ipt.apply(render(NET))  # noqa: E731
+    with pytest.raises(Unavailable, match="xtables lock"):
+        sync()
+    assert ours(t) == []
+    queue = Queue()
+    watch = FirewallWatch([ipt], queue.submit, sync)
+    assert not watch.check(), "not due yet"
+    clock[0] += 2
+    assert watch.check()
+    queue.drain()  # fails again: logged, not raised
+    assert watch.repairs == 0 and not watch._pending.is_set()
+    clock[0] += 3
+    assert not watch.check(), "the second retry waits 4 s"
+    clock[0] += 1
+    locked = False
+    assert watch.check()
+    queue.drain()
+    assert watch.repairs == 1 and "-A PYOVERLAY-FORWARD -i po-a -j ACCEPT" in "\n".join(ours(t))
+    clock[0] += 120
+    assert not watch.check(), "applied: nothing more to retry"
 
 
 # -- br_netfilter --------------------------------------------------------------------------

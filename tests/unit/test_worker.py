@@ -76,7 +76,7 @@ def test_a_running_call_learns_its_caller_gave_up(worker: Worker) -> None:
     asyncio.run(scenario())
     release.set()
     assert asyncio.run(worker.run(lambda: 1)) == 1  # after ``create`` finished
-    assert seen == ["create x: the caller stopped waiting (the call took too long); rolling back"]
+    assert seen == ["create x: its caller stopped waiting (the call took too long)"]
 
 
 def test_ensure_wanted_off_the_worker_is_a_no_op() -> None:
