@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from driver.network.modes import Mode
 from driver.network.modes.bridge import BridgeMode
 from driver.network.modes.macvlan import MacvlanMode
 from driver.network.modes.overlay import OverlayMode
-from driver.network.reconcile import reconcile
+from driver.network.reconcile import Retry, reconcile
 from driver.network.service import NetworkService
 from driver.network.steps import Steps
 from driver.ops.activity import Activity
@@ -119,24 +120,34 @@ def _cluster(
     return store, build_node(settings, store)
 
 
-def _startup(services: Services, nl: Netlink, node: Node | None, metrics: DriverMetrics) -> None:
-    startup = services.status.startup
+def _startup(services: Services, nl: Netlink, node: Node | None, metrics: DriverMetrics, retry: float) -> None:
+    try:
+        _reconcile(services, nl, metrics, retry)
+    finally:
+        services.status.startup.done = True
+        if node is not None:
+            # Only now does the local view hold every endpoint the cluster should know.
+            node.sync.ready.set()
+
+
+def _reconcile(services: Services, nl: Netlink, metrics: DriverMetrics, retry: float) -> None:
+    """One reconciliation pass (at start, and again while one left failures)."""
+    startup, again = services.status.startup, services.status.startup.done
     try:
         failures = reconcile(services.network, nl)
+        if failures:
+            log.error("reconciliation %s left %d object(s) as they were; serving the rest (retried every %gs)",
+                      "retried" if again else "at start", len(failures), retry)  # fmt: skip
+        elif again:
+            log.info("reconciliation retried: every object is back in line")
         startup.failures = failures
         metrics.reconcile_failures.inc(by=len(failures))
-        if failures:
-            log.error("reconciliation at start left %d object(s) as they were; serving the rest", len(failures))
     except Exception as err:
         startup.failures = [f"reconciliation: {err}"]
         metrics.reconcile_failures.inc()
         raise
     finally:
         metrics.reconcile_runs.inc()
-        startup.done = True
-        if node is not None:
-            # Only now does the local view hold every endpoint the cluster should know.
-            node.sync.ready.set()
 
 
 def _docker_gc(settings: Settings, services: Services) -> DockerGC | None:
@@ -183,6 +194,9 @@ def serve(sock: socket.socket, overrides: dict[str, Any], warnings: Sequence[str
     gc = _docker_gc(settings, services)
     # Restores our rules when someone else flushes them (driver.firewall.watch).
     watch_firewall(services.network, services.worker.submit, settings.firewall_check_interval)
+    every = settings.resync_interval
+    failing = lambda: bool(services.status.startup.failures)  # noqa: E731
+    retry = Retry(partial(_reconcile, services, nl, metrics, every), failing, services.worker.submit, every)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -190,10 +204,12 @@ def serve(sock: socket.socket, overrides: dict[str, Any], warnings: Sequence[str
         # GetCapabilities) stays responsive meanwhile.
         if node is not None:
             node.start()
-        services.worker.submit(_startup, services, nl, node, metrics)
+        services.worker.submit(_startup, services, nl, node, metrics, settings.resync_interval)
+        retry.start()
         if gc is not None:
             gc.start()
         yield
+        await asyncio.to_thread(retry.stop)
         if gc is not None:
             await asyncio.to_thread(gc.stop)
         if metrics_server is not None:

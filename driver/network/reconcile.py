@@ -10,12 +10,18 @@ dockerd never replays CreateNetwork, and it may drop endpoints without telling u
 * forget endpoints whose interface is gone (their container died with its namespace);
 * delete links that follow our naming but belong to no record (orphans of a crash);
 * rewrite the firewall chains from the records, so each rule exists exactly once.
+
+An object that cannot be brought back (its bridge name taken by another kind of link, a
+macvlan parent gone, a VXLAN port in use) is reported and left as it is; ``Retry`` runs
+the whole pass again in the background until nothing fails, since every step of it is
+idempotent and the cause is usually fixed by hand meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -108,3 +114,45 @@ def _collect_orphans(service: NetworkService, nl: Netlink) -> None:
             log.warning("deleting orphaned link %s", link.name)
             checkpoint(f"reconcile: delete orphaned link {link.name}")
             nl.delete(link.name)
+
+
+class Retry:
+    """Run ``again`` (a reconciliation, returning what failed) on the worker every
+    ``interval`` seconds while ``failing()`` says the last run left something behind.
+
+    Like the firewall check: the thread only decides, the worker does the work, so a
+    retry never races a request and no request waits for it."""
+
+    def __init__(
+        self, again: Callable[[], None], failing: Callable[[], bool], submit: Callable[..., None], interval: float
+    ) -> None:
+        self.again, self.failing, self.submit, self.interval = again, failing, submit, interval
+        self._queued = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Retry:
+        self._thread = threading.Thread(target=self._loop, name="pyoverlay-reconcile-retry", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self._queued.is_set() or not self.failing():
+                continue
+            self._queued.set()
+            try:
+                self.submit(self._run)
+            except RuntimeError:  # the worker shut down: the driver is stopping
+                return
+
+    def _run(self) -> None:
+        try:
+            self.again()
+        finally:
+            self._queued.clear()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.netns.test_bridge import BRIDGE, NET, NID, endpoint
+from tests.netns.test_bridge import BRIDGE, NET, NID, endpoint, link
+from tests.netns.test_macvlan import macvlan
 from tests.plugin import Plugin
 
 MakePlugin = Callable[[dict[str, str]], Plugin]
@@ -109,3 +112,57 @@ def test_kill9_mid_delete_is_finished_at_start(make_plugin: MakePlugin, step: st
     assert not any(n.startswith("po") for n in plugin.link_names())
     assert not list((plugin.driver.state_dir / "store").rglob("*.json"))
     assert "-A PYOVERLAY-FORWARD -i" not in plugin.iptables()
+
+
+def _bridge_net(nid: str, n: int) -> dict[str, Any]:
+    return {"NetworkID": nid, "Options": {"com.docker.network.generic": {}},
+            "IPv4Data": [{"AddressSpace": "PyoverlayLocal", "Gateway": f"10.72.{n}.1/24", "Pool": f"10.72.{n}.0/24"}]}
+
+
+def test_objects_broken_at_start_are_reported_and_retried_until_back(make_plugin: MakePlugin) -> None:
+    """Per object: a bridge name taken by a veth and a macvlan parent gone stop neither
+    the other network nor the firewall; both are in status and come back by themselves
+    once the cause is gone (the retry runs every --resync-interval)."""
+    a, b, m = "a7" * 32, "b7" * 32, "c7" * 32
+    plugin = make_plugin({"PYOVERLAY_RESYNC_INTERVAL": "1"})
+    ns = plugin.ns
+    ns.ip("link", "add", "eth1", "type", "veth", "peer", "name", "sw1")
+    ns.set_up("eth1")
+    plugin.ok("NetworkDriver.CreateNetwork", _bridge_net(a, 1))
+    plugin.ok("NetworkDriver.CreateNetwork", _bridge_net(b, 2))
+    plugin.ok("NetworkDriver.CreateNetwork", macvlan(m, "192.168.72.0/24", "192.168.72.1/24", parent="eth1"))
+    plugin.close()
+    plugin.driver.stop()
+    # As after a reboot the bridges are gone; meanwhile someone took A's bridge name,
+    # and the macvlan parent went away.
+    ns.ip("link", "del", f"po-{a[:12]}")
+    ns.ip("link", "del", f"po-{b[:12]}")
+    ns.ip("link", "add", f"po-{a[:12]}", "type", "veth", "peer", "name", "blk0")
+    ns.ip("link", "del", "eth1")
+    plugin.driver.start()
+    plugin.wait_ready()
+
+    failures = plugin.call("Pyoverlay.Status")[1]["startup"]["failures"]
+    assert sorted(failures) == [
+        f"network {a[:12]}: bridge po-{a[:12]}: a veth of that name is in the way",
+        f"network {m[:12]}: macvlan parent eth1 does not exist: the network's containers are cut off",
+    ], failures
+    # The healthy one is back, firewall included, and the veth in the way was not touched.
+    assert link(plugin, f"po-{b[:12]}")["linkinfo"]["info_kind"] == "bridge"
+    assert "10.72.2.1/24" in ns.run("ip", "addr", "show", f"po-{b[:12]}").stdout
+    assert f"-A PYOVERLAY-FORWARD -i po-{b[:12]} -o po-{b[:12]} -j ACCEPT" in plugin.iptables()
+    assert link(plugin, f"po-{a[:12]}")["linkinfo"]["info_kind"] == "veth"
+    assert "10.72.1.1" not in ns.run("ip", "addr", "show", f"po-{a[:12]}").stdout
+
+    ns.ip("link", "del", f"po-{a[:12]}")
+    ns.ip("link", "add", "eth1", "type", "veth", "peer", "name", "sw1")
+    ns.set_up("eth1")
+    deadline = time.monotonic() + 15
+    while plugin.call("Pyoverlay.Status")[1]["startup"]["failures"]:
+        assert time.monotonic() < deadline, "the retry did not bring the broken objects back"
+        time.sleep(0.2)
+    assert link(plugin, f"po-{a[:12]}")["linkinfo"]["info_kind"] == "bridge"
+    assert "10.72.1.1/24" in ns.run("ip", "addr", "show", f"po-{a[:12]}").stdout
+    ep = {"NetworkID": m, "EndpointID": "d7" * 32, "Interface": {"Address": "192.168.72.5/24"}}
+    plugin.ok("NetworkDriver.CreateEndpoint", ep)
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": m, "EndpointID": "d7" * 32})

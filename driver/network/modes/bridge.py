@@ -143,9 +143,14 @@ class BridgeMode:
 
     def ensure_network(self, net: NetworkRecord) -> None:
         name = bridge_name(net)
-        if self.nl.link(name) is None:
+        existing = self.nl.link(name)
+        if existing is None:
             log.info("network %s: bridge %s is missing, recreating it", net.id[:12], name)
             self.nl.add_bridge(name, self.mtu(net), self.bridge_mac(net))
+        elif existing.kind != "bridge":
+            # Never configured as if it were ours: an address on someone's veth would
+            # take their traffic. Reported, and retried until the name is free.
+            raise Conflict(f"bridge {name}: a {existing.kind or 'device'} of that name is in the way")
         with Steps(f"ensure network {net.id[:12]}") as steps:
             self._configure(net, name, steps)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from driver.errors import Conflict, InvalidRequest, Unsupported
+from driver.errors import Conflict, DriverError, InvalidRequest, Unsupported
 from driver.netlink.adapter import Link, Netlink
 from driver.network.steps import Steps
 from driver.state import EndpointRecord, NetworkRecord
@@ -131,7 +131,9 @@ class MacvlanMode:
                 self._add_vlan(parent, base, vlan)
                 self.nl.set_link(parent, state="up")
         if self.nl.link(parent) is None:
-            log.error("network %s: macvlan parent %s does not exist", net.id[:12], parent)
+            # Nothing to restore until it is back (its macvlans went with it): reported,
+            # and retried, rather than the network passing for whole.
+            raise DriverError(f"macvlan parent {parent} does not exist: the network's containers are cut off")
 
     def delete_network(self, net: NetworkRecord) -> None:
         if net.owns_device and net.config.parent:
