@@ -78,6 +78,7 @@ def build(settings: Settings, metrics: DriverMetrics) -> tuple[Services, Netlink
     status = StatusSource(repo, local.held, activity, Startup(), node, health, sightings)
     _gauges(metrics, repo, local, activity, health)
     worker = Worker(settings.request_timeout)
+    status.worker_busy = worker.busy
     return Services(network=network, ipam=ipam, worker=worker, status=status, activity=activity), nl, node
 
 

@@ -53,6 +53,9 @@ class StatusSource:
     node: Node | None = None
     health: StoreHealth | None = None
     sightings: PeerSightings | None = None
+    # What the worker runs now ("<call> at <step>, running for Ns"): a request that waits
+    # behind it shows in in_flight, this says what it waits for.
+    worker_busy: Callable[[], str | None] | None = None
     started_at: float = field(default_factory=time.monotonic)
     timeout: float = COLLECT_TIMEOUT
 
@@ -75,6 +78,7 @@ class StatusSource:
             "uptime_seconds": round(now - self.started_at, 1),
             "startup": {"reconciled": self.startup.done, "failures": list(self.startup.failures)},
             "in_flight": [{"verb": v, "seconds": round(s, 1)} for v, s in self.activity.in_flight(skip=STATUS_VERB)],
+            "worker": self.worker_busy() if self.worker_busy else None,
             "networks": [self._network(n, endpoints.get(n.id, [])) for n in self._networks()],
             "pools": [self._pool(p) for p in sorted(self.repo.pools(), key=lambda p: p.id)],
             "cluster": self._cluster(now),

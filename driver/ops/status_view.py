@@ -33,6 +33,8 @@ def render(status: dict[str, Any]) -> str:
     lines += _startup(status)
     for req in status.get("in_flight", []):
         lines.append(f"busy: {req['verb']} running for {req['seconds']:.1f}s")
+    if status.get("worker"):
+        lines.append(f"worker: {status['worker']}")
     lines += _cluster(status.get("cluster"))
     lines += _networks(status["networks"])
     lines += _pools(status["pools"])
@@ -45,7 +47,9 @@ def _startup(status: dict[str, Any]) -> list[str]:
         return ["reconciliation: still running (requests wait for it)"]
     if not start["failures"]:
         return ["reconciliation: ok"]
-    return [f"reconciliation: {len(start['failures'])} failure(s) at start", *(f"  {f}" for f in start["failures"])]
+    failed = start["failures"]
+    return [f"reconciliation: {len(failed)} object(s) not restored (retried in the background)",
+            *(f"  {f}" for f in failed)]  # fmt: skip
 
 
 def _cluster(c: dict[str, Any] | None) -> list[str]:

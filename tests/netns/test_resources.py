@@ -227,6 +227,7 @@ def test_a_stuck_call_answers_in_time_and_what_waited_behind_it_never_runs(tmp_p
         assert p.ok("NetworkDriver.GetCapabilities")["Scope"] == "local"
         status = p.call("Pyoverlay.Status")[1]
         assert any(r["verb"] == "NetworkDriver.CreateNetwork" for r in status["in_flight"]), status
+        assert status["worker"].startswith(f"create_network at 'create network {stuck}: bring up"), status
         first.join(REQUEST_TIMEOUT + 5)
         behind.join(REQUEST_TIMEOUT + 5)
         code, out, took = results["stuck"]

@@ -78,6 +78,7 @@ SNAPSHOT: dict[str, Any] = {
     "version": "0.1.0", "pid": 42, "uptime_seconds": 61.0,
     "startup": {"reconciled": True, "failures": ["network 111111111111: bridge gone"]},
     "in_flight": [{"verb": "NetworkDriver.CreateEndpoint", "seconds": 4.2}],
+    "worker": "create_endpoint at 'create endpoint ffffffffffff: add veth', running for 4s",
     "networks": [{
         "id": "e" * 64, "status": "ready", "mode": "overlay", "internal": False, "bridge": "po-eeeeeeeeeeee",
         "parent": None, "mtu": 1450, "subnets": [{"pool": "10.60.0.0/16", "gateway": "10.60.0.1/16"}],
@@ -102,9 +103,10 @@ SNAPSHOT: dict[str, Any] = {
 def test_table_from_a_fixed_snapshot() -> None:
     assert render(SNAPSHOT) == """\
 pyoverlay 0.1.0  pid 42  up 61s
-reconciliation: 1 failure(s) at start
+reconciliation: 1 object(s) not restored (retried in the background)
   network 111111111111: bridge gone
 busy: NetworkDriver.CreateEndpoint running for 4.2s
+worker: create_endpoint at 'create endpoint ffffffffffff: add veth', running for 4s
 cluster: host h1  VTEP 10.99.0.11 on eth0 (overlay MTU up to 1350)
   etcd: NOT answering since 1.0s ago: StoreUnavailable: etcd down
   sync: error: etcd down
