@@ -108,10 +108,16 @@ def _link(msg: Any) -> Link:
     )
 
 
+class AddressInUse(Conflict):
+    """EADDRINUSE: e.g. a VXLAN device brought up on a UDP port another socket holds."""
+
+
 def _fail(action: str, err: NetlinkError) -> DriverError:
     text = f"{action}: {err.args[1] if len(err.args) > 1 else err}"
     if err.code == errno.EEXIST:
         return Conflict(text)
+    if err.code == errno.EADDRINUSE:
+        return AddressInUse(text)
     if err.code in _UNSUPPORTED_KIND:
         return Unsupported(text)
     return DriverError(text)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -256,6 +258,27 @@ def test_idempotent_and_conflicting_calls(overlay: Overlay) -> None:
     assert h1.nl.link_of_address(C1.vtep)["name"] == "ul0"
     with pytest.raises(RemoteError, match="Address family not supported"):
         h1.nl.fdb_replace("vx0", C2.mac, "fd99::12")  # an IPv4 vxlan takes IPv4 VTEPs only
+
+
+def test_a_vxlan_port_taken_by_another_socket_is_named_when_the_device_goes_up(overlay: Overlay) -> None:
+    """The kernel binds a VXLAN device's UDP port only when it goes up: that is where a
+    port held by another program fails (reconciliation reports it, and retries)."""
+    h1 = overlay.h1
+    holder = h1.ns.popen([sys.executable, "-c", "import socket, sys, time\n"
+                          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 8472))\n"
+                          "print('bound', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+        h1.nl.add_vxlan("vx8", 43, C1.vtep, 8472, mtu=MTU, mac="02:00:00:00:00:08", dev="ul0")
+        with pytest.raises(RemoteError) as caught:
+            h1.nl.set_link("vx8", state="up")
+        assert caught.value.kind == "AddressInUse" and "Address already in use" in caught.value.message
+    finally:
+        holder.kill()
+        holder.wait()
+    h1.nl.set_link("vx8", state="up")  # the port free again: the same call goes through
+    assert "UP" in h1.ns.ip_json("link", "show", "vx8")[0]["flags"]
+    h1.nl.delete("vx8")
 
 
 def test_address_and_default_route_lookups(scratch: Netns) -> None:

@@ -27,7 +27,7 @@ from driver.cluster.peers import Attachment
 from driver.cluster.registry import OverlaySpec, PeerRecord, peer_key
 from driver.errors import Conflict, InvalidRequest
 from driver.ipam.service import GLOBAL_SPACE, LOCAL_SPACE, IpamService
-from driver.netlink.adapter import Netlink
+from driver.netlink.adapter import AddressInUse, Netlink
 from driver.network.mac import random_mac
 from driver.network.modes.bridge import BridgeMode, bridge_name
 from driver.network.steps import Steps
@@ -150,7 +150,11 @@ class OverlayMode(BridgeMode):
             self.nl.delete(name)
             self.nl.add_vxlan(name, facts.vni, self.node.vtep, facts.port, mtu=facts.mtu, mac=random_mac(),
                               dev=self.node.underlay.name)  # fmt: skip
-        self.nl.set_master(name, bridge_name(net))
+        try:
+            self.nl.set_master(name, bridge_name(net))
+        except AddressInUse as err:  # the kernel binds the UDP port when the device goes up
+            raise Conflict(f"UDP port {facts.port} is taken by another socket on this host (another VXLAN device "
+                           f"or program; see --vxlan-port): {err.message}") from None
 
     def _attach(self, net: NetworkRecord) -> None:
         self.node.programmer.attach(self._name(net), Attachment(vxlan=vxlan_name(net), bridge=bridge_name(net)))
