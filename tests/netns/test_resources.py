@@ -86,40 +86,42 @@ def fill(state: Path) -> Path:
     return filler
 
 
+def refused_cleanly(p: Plugin, state: Path, cause: str) -> None:
+    """Every kind of state-changing call fails fast, says why, and changes nothing."""
+    before = p.snapshot()
+    for verb, body in [
+        ("NetworkDriver.CreateNetwork", net(3)),
+        ("NetworkDriver.CreateEndpoint", ep(1, "e2" * 32, "10.71.1.6/24")),
+        ("IpamDriver.RequestPool", {"AddressSpace": "PyoverlayLocal", "Pool": "10.71.9.0/24"}),
+        ("NetworkDriver.DeleteEndpoint", {"NetworkID": net(1)["NetworkID"], "EndpointID": "e1" * 32}),
+        ("NetworkDriver.DeleteNetwork", {"NetworkID": net(2)["NetworkID"]}),
+    ]:
+        (code, out), took = timed(lambda: p.call(verb, body))  # noqa: B023 - called at once
+        assert code == 507 and cause in out["Err"] and "state directory" in out["Err"], (verb, code, out)
+        assert took < 5, (verb, took)
+    assert p.snapshot() == before, "a call that could not save its record changed something"
+    assert {bridge(1), bridge(2)} <= p.link_names(), "a refused delete keeps the network whole"
+    assert not list(state.rglob("*.tmp")), "no half-written record left behind"
+    assert p.ok("NetworkDriver.GetCapabilities")["Scope"] == "local", "the driver still serves"
+
+
 def test_a_full_then_read_only_state_dir_fails_calls_cleanly(small_disk: tuple[Plugin, Path]) -> None:
     p, state = small_disk
     # Positive control: with room, the same kinds of calls go through.
     p.ok("NetworkDriver.CreateNetwork", net(1))
+    p.ok("NetworkDriver.CreateNetwork", net(2))
     p.ok("NetworkDriver.CreateEndpoint", ep(1, "e1" * 32, "10.71.1.5/24"))
-    assert bridge(1) in p.link_names()
+    assert {bridge(1), bridge(2)} <= p.link_names()
 
     filler = fill(state)
-    before = p.snapshot()
-    for verb, body in [
-        ("NetworkDriver.CreateNetwork", net(2)),
-        ("NetworkDriver.CreateEndpoint", ep(1, "e2" * 32, "10.71.1.6/24")),
-        ("IpamDriver.RequestPool", {"AddressSpace": "PyoverlayLocal", "Pool": "10.71.9.0/24"}),
-        ("NetworkDriver.DeleteEndpoint", {"NetworkID": net(1)["NetworkID"], "EndpointID": "e1" * 32}),
-    ]:
-        (code, out), took = timed(lambda: p.call(verb, body))  # noqa: B023 - called at once
-        assert code == 507 and "No space left on device" in out["Err"], (verb, code, out)
-        assert "state directory" in out["Err"] and took < 5, (verb, took)
-    assert p.snapshot() == before, "a call that could not save its record changed something"
-    assert not list(state.rglob("*.tmp")), "no half-written record left behind"
-    assert p.ok("NetworkDriver.GetCapabilities")["Scope"] == "local", "the driver still serves"
-
+    refused_cleanly(p, state, "No space left on device")
     filler.unlink()
-    p.ok("NetworkDriver.CreateNetwork", net(2))  # dockerd's retry, once there is room
-    assert bridge(2) in p.link_names()
+    p.ok("NetworkDriver.CreateNetwork", net(3))  # dockerd's retry, once there is room
+    assert bridge(3) in p.link_names()
+    p.ok("NetworkDriver.DeleteNetwork", {"NetworkID": net(3)["NetworkID"]})
 
     subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
-    before = p.snapshot()
-    code, out = p.call("NetworkDriver.CreateNetwork", net(3))
-    assert code == 507 and "Read-only file system" in out["Err"], out
-    code, out = p.call("NetworkDriver.DeleteNetwork", {"NetworkID": net(2)["NetworkID"]})
-    assert code == 507 and "Read-only file system" in out["Err"], out
-    assert p.snapshot() == before and bridge(2) in p.link_names(), "a refused delete keeps the network whole"
-
+    refused_cleanly(p, state, "Read-only file system")
     subprocess.run(["mount", "-o", "remount,rw", str(state)], check=True)
     p.ok("NetworkDriver.DeleteNetwork", {"NetworkID": net(2)["NetworkID"]})
     assert bridge(2) not in p.link_names()
