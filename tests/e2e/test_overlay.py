@@ -468,6 +468,65 @@ def test_etcd_losing_all_its_data_is_repaired_by_the_hosts(app: MultiHost) -> No
 
 
 # ----------------------------------------------------------------- the end
+# Named points of an overlay network's create and delete (driver.network.modes.overlay,
+# driver.network.service); the bridge-mode points are all covered in the netns tier.
+CRASH_AT = ["join overlay", "claim pool", "create vxlan", "attach overlay", "program firewall",
+            "mark deleting", "remove devices", "forget record"]  # fmt: skip
+
+
+def _mentions(app: MultiHost, *words: str) -> list[str]:
+    """etcd keys whose key or value names any of ``words``."""
+    out = app.etcdctl("get", "--prefix", "/pyoverlay/").stdout.splitlines()
+    pairs = zip(out[0::2], out[1::2], strict=False)
+    return [k for k, v in pairs if any(w in k or w in v for w in words)]
+
+
+def _network_records(h: HostNode) -> set[str]:
+    assert h.driver is not None
+    return {p.stem for p in (h.driver.state_dir / "store" / "network").glob("*.json")}
+
+
+@pytest.mark.parametrize("point", CRASH_AT)
+def test_a_crash_at_each_overlay_step_leaks_nothing_on_the_host_nor_in_etcd(app: MultiHost, point: str) -> None:
+    """kill -9 at ``point`` of a ``docker network create``/``rm`` (h3 is the only member
+    of the overlay), restart: whatever dockerd ended up with, the driver agrees, and what
+    dockerd does not have leaves no link, record, VNI, subnet or member key behind (what
+    dockerd forgot after its empty-body retry was refused goes with the Docker GC, run
+    here every second)."""
+    h = app[2]
+    assert h.driver is not None
+    env = h.driver.extra_env
+    deleting = point in ("mark deleting", "remove devices", "forget record")
+    if deleting:
+        assert create(h, "crashnet", "crashnet", "--subnet", "10.61.0.0/24").returncode == 0
+    h.stop_driver()
+    gc = {"PYOVERLAY_GC_INTERVAL": "1", "PYOVERLAY_DOCKER_HOST": h.engine.host_url}
+    env.update({"PYOVERLAY_FAIL_STEP": f"crash:{point}", **gc})
+    h.start_driver()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            verb = (lambda: h.cli("network", "rm", "crashnet", check=False)) if deleting else (
+                lambda: create(h, "crashnet", "crashnet", "--subnet", "10.61.0.0/24"))  # fmt: skip
+            done = pool.submit(verb)
+            wait_for(f"the driver dies at {point!r}", lambda: h.driver is not None and h.driver.pid is None, 30)
+            env.pop("PYOVERLAY_FAIL_STEP")
+            h.start_driver()  # dockerd's calls, retried meanwhile, reach this one
+            done.result(timeout=90)
+        app_id = net_id(h, "app")
+        if h.cli("network", "ls", "-q", "--filter", "name=^crashnet$").stdout.split():
+            nid = net_id(h, "crashnet")  # dockerd's retry went through: a whole network
+            assert {f"po-{nid[:12]}", f"pov{nid[:12]}"} <= {ln.name for ln in h.links()}
+            h.cli("network", "rm", "crashnet")
+        wait_for("the driver's networks are dockerd's", lambda: _network_records(h) == {app_id}, timeout=20)
+        wait_for("nothing of crashnet in etcd", lambda: not _mentions(app, "crashnet", "10.61."), timeout=20)
+        assert not [ln.name for ln in h.links() if ln.name.startswith(("po-", "pov")) and app_id[:12] not in ln.name]
+        assert "10.61." not in h.engine.iptables_save()
+    finally:
+        for key in ("PYOVERLAY_FAIL_STEP", *gc):
+            env.pop(key, None)
+        h.restart_driver()
+
+
 def test_teardown_leaves_nothing_on_any_host_nor_in_etcd(app: MultiHost) -> None:
     for h in app:
         h.cli("rm", "-f", f"c{h.index}")
