@@ -171,6 +171,17 @@ class Repo:
     def delete_pool(self, pool_id: str) -> None:
         self._delete("pool", pool_id)
 
+    # Overlay pools released here whose cluster claims are still to be dropped (etcd was
+    # unreachable): kept until done, across restarts.
+    def released_pools(self) -> list[PoolRecord]:
+        return self._all("released", PoolRecord)
+
+    def put_released_pool(self, rec: PoolRecord) -> None:
+        self._put("released", rec.id, rec)
+
+    def delete_released_pool(self, pool_id: str) -> None:
+        self._delete("released", pool_id)
+
     def legacy_pools(self) -> list[LegacyPoolRecord]:
         """Pools still carrying the old in-record address map."""
         return [p for p in self._all("pool", LegacyPoolRecord) if p.addresses]

@@ -94,11 +94,27 @@ class ClusterAddressBook:
     def forget(self, pool_id: str) -> None:
         pool = self.local.repo.pool(pool_id)
         if pool is not None and pool.overlay is not None and self.store is not None:
+            # A to-do first: if etcd does not answer (or the driver dies), the claims
+            # and blocks are dropped later, not left to the last host leaving the overlay.
+            self.local.repo.put_released_pool(pool)
             try:
                 self.sweep_pool(pool, held=set())
-            except StoreUnavailable as err:
-                log.warning("pool %s: cannot release its cluster addresses now (%s); a resync will", pool_id, err)
+                self.local.repo.delete_released_pool(pool.id)
+            except (StoreUnavailable, Indeterminate) as err:
+                log.warning("pool %s: cannot release its cluster addresses now (%s); retried in the background",
+                            pool_id, err)  # fmt: skip
+                self.dirty = True
+                self.on_change()
         self.local.forget(pool_id)
+
+    def _drop_released(self, pool: PoolRecord) -> None:
+        """Finish a pool release etcd did not hear of (see ``forget``)."""
+        current = self.local.repo.pool(pool.id)
+        # Requested again and made the overlay's meanwhile: the claims are the new pool's
+        # now, and its own sweep keeps exactly what it holds.
+        if current is None or current.overlay is None:
+            self.sweep_pool(pool, held=set())
+        self.local.repo.delete_released_pool(pool.id)
 
     # -- claims -------------------------------------------------------------------
     def _claim_exactly(self, pool: PoolRecord, want: IPAddr, purpose: Purpose) -> None:
@@ -177,6 +193,8 @@ class ClusterAddressBook:
         overlay pool (at start, and after a write whose outcome was unknown)."""
         self.dirty = False
         try:
+            for released in self.local.repo.released_pools():
+                self._drop_released(released)
             for pool in self.local.repo.pools():
                 if pool.overlay is not None:
                     self.sweep_pool(pool)

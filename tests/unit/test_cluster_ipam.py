@@ -278,6 +278,46 @@ def test_release_pool_with_claims_still_held_drops_them_too(store: MemoryCluster
     assert claims(store, a.pool) == {kept: "h2"} and blocks(store, a.pool) == {1: "h2"}
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_release_pool_while_etcd_is_down_drops_the_claims_once_it_is_back(
+    store: MemoryClusterStore, restart: bool
+) -> None:
+    """The release is a persisted to-do: done by the background sync once etcd answers,
+    or by the sweep at the next start (``restart``), never left to the last host out."""
+    a, b = two_hosts(store)
+    taken = {str(a.take()) for _ in range(3)}
+    kept = str(b.take())
+    assert mine(store, a) == taken
+    store.set_unavailable(True)
+    changes = a.changes
+    a.ipam.release_pool(a.pool.id)  # dockerd's ReleasePool is answered all the same
+    assert a.repo.pool(a.pool.id) is None and a.changes == changes + 1, "the sync is woken"
+    store.set_unavailable(False)
+    assert mine(store, a) == taken, "nothing could be dropped while etcd was down"
+    if restart:
+        a.book = ClusterAddressBook(LocalAddressBook(a.repo), store, "h1")
+        a.book.sweep()
+    else:
+        a.book.flush()
+    assert claims(store, a.pool) == {kept: "h2"} and set(blocks(store, a.pool).values()) == {"h2"}
+    assert a.repo.released_pools() == []
+
+
+def test_a_released_pool_requested_again_keeps_its_new_claims(store: MemoryClusterStore) -> None:
+    a, _ = two_hosts(store)
+    a.take()
+    store.set_unavailable(True)
+    a.ipam.release_pool(a.pool.id)
+    store.set_unavailable(False)
+    # The same pool asked for again (a new network), before the background sync ran.
+    pool = a.ipam.request_pool(GLOBAL_SPACE, "10.60.0.0/24", "", {}, False)
+    a.ipam.request_address(pool.id, "10.60.0.1", {REQUEST_ADDRESS_TYPE: GATEWAY_TYPE})
+    a.pool = a.ipam.adopt(pool.id, OVERLAY)
+    now = str(a.take())
+    a.book.flush()
+    assert mine(store, a) == {now} and a.repo.released_pools() == []
+
+
 def test_after_etcd_lost_its_data_held_addresses_are_claimed_again(store: MemoryClusterStore) -> None:
     h1, h2 = Host(store, "h1", "10.60.0.0/24"), Host(store, "h2", "10.60.0.0/24")
     aux = "10.60.0.250"
