@@ -15,6 +15,7 @@ import functools
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -468,6 +469,71 @@ def test_etcd_losing_all_its_data_is_repaired_by_the_hosts(app: MultiHost) -> No
 
 
 # ----------------------------------------------------------------- the end
+BURST = 15  # per host, on two hosts at once
+
+
+def _claimed(app: MultiHost, subnet_key: str) -> list[str]:
+    """IPs claimed in etcd in the overlay pool ``subnet_key`` (e.g. ``10.62.0.0_24``)."""
+    out = app.etcdctl("get", "--prefix", f"/pyoverlay/ipam/burst/{subnet_key}/addrs/", "--keys-only").stdout
+    return sorted(k.rsplit("/", 1)[1] for k in out.split() if k)
+
+
+def test_a_burst_on_two_hosts_with_one_driver_killed_midway(app: MultiHost) -> None:
+    """15 ``docker run`` at once on each of two hosts, one host's driver killed 1 s in and
+    restarted: every running container has a unique address, reaches the other host,
+    and etcd's claims are exactly the running containers' (after the Docker GC's grace
+    for what a cut-short RequestAddress left); then ``rm -f`` of all of them at once."""
+    h1, h2 = app[0], app[1]
+    gc = {"PYOVERLAY_GC_INTERVAL": "1"}
+    jobs = [(h, f"ob{h.index}x{i}") for i in range(BURST) for h in (h1, h2)]
+    for h in (h1, h2):
+        assert h.driver is not None
+        h.driver.extra_env.update(gc | {"PYOVERLAY_DOCKER_HOST": h.engine.host_url})
+        h.restart_driver()
+    try:
+        for h in (h1, h2):
+            assert create(h, "burst", "burst", "--subnet", "10.62.0.0/24").returncode == 0
+
+        def start(h: HostNode, name: str) -> bool:
+            r = h.cli("run", "-d", "--name", name, "--network", "burst", "bb", "sleep", "3600", check=False,
+                      timeout=120)  # fmt: skip
+            if r.returncode != 0:
+                h.cli("rm", "-f", name, check=False)
+            return r.returncode == 0
+
+        assert h2.driver is not None
+        killer = threading.Timer(1.0, lambda: (h2.kill_driver(), time.sleep(0.5), h2.start_driver()))
+        killer.start()
+        with ThreadPoolExecutor(12) as pool:
+            started = list(pool.map(lambda j: start(*j), jobs))
+        killer.join()
+        assert sum(started) >= BURST, f"control: most starts go through ({sum(started)}/{2 * BURST})"
+        print(f"overlay burst: {sum(started)}/{2 * BURST} started with h2's driver killed midway")
+        names = {h.index: [n for (o, n), ok in zip(jobs, started, strict=True) if ok and o is h] for h in (h1, h2)}
+        ips = {n: h.container_ip(n, "burst") for h in (h1, h2) for n in names[h.index]}
+        assert len(set(ips.values())) == len(ips), f"an address handed out twice: {sorted(ips.values())}"
+        wait_for("etcd's claims are the running containers'",
+                 lambda: set(_claimed(app, "10.62.0.0_24")) == set(ips.values()), timeout=40)  # fmt: skip
+        a, b = names[h1.index][0], names[h2.index][-1]
+        h1.exec(a, "ping", "-c1", "-W2", ips[b])
+        h2.exec(b, "ping", "-c1", "-W2", ips[a])
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(lambda j: j[0].cli("rm", "-f", j[1], check=False, timeout=120), jobs))
+        wait_for("no claim left", lambda: _claimed(app, "10.62.0.0_24") == [], timeout=20)
+        for h in (h1, h2):
+            h.cli("network", "rm", "burst")
+        wait_for("nothing of the burst overlay in etcd", lambda: not _mentions(app, "burst", "10.62."), timeout=20)
+    finally:
+        for h in (h1, h2):  # what a failure left
+            left = h.cli("ps", "-aq", "--filter", f"name=^ob{h.index}x").stdout.split()
+            if left:
+                h.cli("rm", "-f", *left, check=False, timeout=120)
+            h.cli("network", "rm", "burst", check=False)
+            for key in (*gc, "PYOVERLAY_DOCKER_HOST"):
+                h.driver.extra_env.pop(key, None)  # type: ignore[union-attr]
+            h.restart_driver()
+
+
 # Named points of an overlay network's create and delete (driver.network.modes.overlay,
 # driver.network.service); the bridge-mode points are all covered in the netns tier.
 CRASH_AT = ["join overlay", "claim pool", "create vxlan", "attach overlay", "program firewall",
