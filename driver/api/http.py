@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 
 import h11
@@ -21,7 +22,12 @@ from driver.app import MEDIA_TYPE, _clamp
 log = logging.getLogger(__name__)
 
 
+# h11 quotes the offending bytes as a repr of its buffer: "bytearray(b'zz\\r\\n')".
+_BUFFER_REPR = re.compile(r"bytearray\((b'[^']*'|b\"[^\"]*\")\)")
+
+
 def framing_error(detail: str) -> bytes:
+    detail = _BUFFER_REPR.sub(r"\1", detail)
     return json.dumps({"Err": f"malformed HTTP request: {_clamp(detail)}"}).encode()
 
 
