@@ -93,7 +93,7 @@ class Worker:
             return await asyncio.wait_for(asyncio.shield(waited), self.timeout)
         except TimeoutError:
             call.given_up.set()
-            # Nobody awaits it any more; what it ends with is logged by _execute.
+            # Nobody awaits it any more: its outcome is logged (_execute, the rollback).
             waited.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise self._busy_error(call, fut) from None
 

@@ -117,8 +117,8 @@ def _collect_orphans(service: NetworkService, nl: Netlink) -> None:
 
 
 class Retry:
-    """Run ``again`` (a reconciliation, returning what failed) on the worker every
-    ``interval`` seconds while ``failing()`` says the last run left something behind.
+    """Run ``again`` (a reconciliation pass, which records what failed) on the worker
+    every ``interval`` seconds while ``failing()`` says the last pass left something.
 
     Like the firewall check: the thread only decides, the worker does the work, so a
     retry never races a request and no request waits for it."""
