@@ -186,12 +186,13 @@ def serve(sock: socket.socket, overrides: dict[str, Any], warnings: Sequence[str
     was set up (``driver.cli``) has to say."""
     settings = load_settings(overrides)
     setup_logging(settings.log_level)
-    for line in warnings:
-        log.warning("%s", line)
     Steps.fail_step = settings.fail_step
     metrics = DriverMetrics()
     services, nl, node = build(settings, metrics)
     metrics_server, metrics_sockets = _metrics_server(settings, metrics)
+    # Only once every setting was found good: a bad one stops the driver with one line.
+    for line in warnings:
+        log.warning("%s", line)
     gc = _docker_gc(settings, services)
     # Restores our rules when someone else flushes them (driver.firewall.watch).
     watch_firewall(services.network, services.worker.submit, settings.firewall_check_interval)
