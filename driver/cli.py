@@ -75,6 +75,8 @@ _CLUSTER_FLAGS = {
     "--host-ttl": "seconds a host stays in the cluster after its last lease renewal (default 15)",
     "--vxlan-port": "UDP port of the VXLAN tunnels (default 4789)",
     "--resync-interval": "seconds between full re-checks of peers and of this host's records (default 30)",
+    "--forget-host-after": "seconds a member host may be gone before the others free its addresses (default 3600,"
+    " 0: never)",
 }
 _DOCKER_FLAGS = {
     "--docker-host": "dockerd's API, read in the background only (default unix:///var/run/docker.sock)",

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # How often each host re-reads the cluster and re-checks its kernel entries and its
     # own records in etcd, repairing whatever a missed event or a failed write left.
     resync_interval: float = Field(30.0, ge=1, le=3600)
+    # A member of an overlay whose host record (leased, --host-ttl) has been gone this
+    # long is forgotten by the hosts still in it: its address claims and blocks go back
+    # to the pool. An hour outlasts any reboot or partition worth waiting for; 0: never.
+    forget_host_after: float = Field(3600.0, ge=0, le=30 * 86400)
 
     # -- metrics (off unless one is given) ------------------------------------------
     # A Unix socket of its own (0600, like the driver's) and/or HOST:PORT for TCP; a

@@ -71,6 +71,7 @@ def build(settings: Settings, metrics: DriverMetrics) -> tuple[Services, Netlink
     if node is not None:
         node.sync.tasks.append(book.flush)
         node.sync.full_tasks.append(book.sweep)
+        node.sync.forget_tasks.append(book.forget_host)
         book.on_change = node.sync.poke
         book.shared = node.view.shared
     activity = Activity(metrics)

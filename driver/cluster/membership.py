@@ -151,11 +151,20 @@ class HostSync:
         on_stale_membership: Callable[[str], None] | None = None,
         resync_every: float = 30.0,
         max_mtu: int | None = None,
+        forget_after: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_mtu = max_mtu  # what this host's underlay carries, for joining again
         # More of this host's state to bring into etcd on each pass (the addresses).
         self.tasks: list[Callable[[], None]] = []
         self.full_tasks: list[Callable[[], None]] = []  # on the periodic pass only
+        # A member without a host record for ``forget_after`` seconds (0: never) is
+        # forgotten: ``forget_tasks`` drop what it held (its addresses), then its
+        # membership goes. ``_departed``: when each was first seen gone, by this process.
+        self.forget_after = forget_after
+        self.forget_tasks: list[Callable[[str, str], None]] = []
+        self._clock = clock
+        self._departed: dict[tuple[str, str], float] = {}
         self.registry = registry
         self.lease = lease
         self.view = view
@@ -247,7 +256,19 @@ class HostSync:
             self._rejoin(name)
         for task in self.tasks + (self.full_tasks if full else []):
             task()
+        if full and self.forget_after > 0:
+            self._forget_departed()
         self.synced.set()
+
+    def _forget_departed(self) -> None:
+        now, gone = self._clock(), self.registry.departed()
+        self._departed = {k: self._departed.get(k, now) for k in gone}  # back in time: not gone
+        for (name, host), since in sorted(self._departed.items()):
+            if now - since >= self.forget_after:
+                for task in self.forget_tasks:
+                    task(name, host)
+                self.registry.forget_member(name, host)
+                del self._departed[(name, host)]
 
     def _published(self, names: set[str]) -> dict[str, Entry]:
         found: dict[str, Entry] = {}

@@ -126,7 +126,7 @@ def build_node(settings: Settings, store: ClusterStore, nl_factory: type[Netlink
         lease=lease, view=view,
         programmer=PeerProgrammer(store, nl_factory(), host, resync_every=settings.resync_interval),
         sync=HostSync(registry, lease, view, vtep, resync_every=settings.resync_interval,
-                      max_mtu=carried_mtu(underlay, vtep)),
+                      max_mtu=carried_mtu(underlay, vtep), forget_after=settings.forget_host_after),
     )
     log.info("cluster node %s: VTEP %s on %s (MTU %d), VXLAN port %d", host, vtep, underlay.name, underlay.mtu,
              settings.vxlan_port)  # fmt: skip

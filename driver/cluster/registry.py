@@ -281,6 +281,34 @@ class Registry:
         rec = self.overlay(name)
         return rec is not None and self.host in rec.members
 
+    def departed(self) -> set[tuple[str, str]]:
+        """(overlay, host) for the other members, in the overlays this host is in, whose
+        host record (leased) is gone: dead, or cut off for longer than their lease."""
+        records, _ = self.store.range("overlays/")
+        hosts, _ = self.store.range("hosts/")
+        alive = {k.removeprefix("hosts/") for k in hosts}
+        found: set[tuple[str, str]] = set()
+        for entry in records.values():
+            rec = OverlayRecord.model_validate_json(entry.value)
+            if self.host in rec.members:
+                found |= {(rec.name, m) for m in rec.members if m not in alive and m != self.host}
+        return found
+
+    def forget_member(self, name: str, host: str) -> None:
+        """Drop ``host`` from the members of ``name`` (never the last one: this host is
+        one). Its leased records went with its lease; its address claims go first (the
+        caller's). If it comes back, it joins again like a host whose etcd lost its data."""
+        for _ in range(_RETRIES):
+            entry = self.store.get(overlay_key(name))
+            rec = _load(OverlayRecord, entry)
+            if entry is None or rec is None or host not in rec.members or host == self.host:
+                return
+            rest = tuple(m for m in rec.members if m != host)
+            if self._cas(rec.model_copy(update={"members": rest}), entry):
+                log.warning("overlay %s: forgot member %s (no host record for too long)", name, host)
+                return
+        raise StoreUnavailable(f"overlay {name}: too much contention in etcd, try again")
+
     def memberships(self) -> dict[str, Entry]:
         """Overlays this host is a member of (for the background reconciliation)."""
         records, _ = self.store.range("overlays/")

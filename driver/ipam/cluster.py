@@ -107,6 +107,28 @@ class ClusterAddressBook:
                 self.on_change()
         self.local.forget(pool_id)
 
+    def forget_host(self, overlay: str, host: str) -> None:
+        """Drop the address claims and blocks of ``host``, a member forgotten for being
+        gone too long (HostSync), so its addresses serve the live hosts again."""
+        assert self.store is not None
+        entries, _ = self.store.range(f"ipam/{overlay}/")
+        dropped = 0
+        for key, entry in entries.items():
+            if "/addrs/" in key:
+                holder = Claim.model_validate_json(entry.value).host
+            elif "/blocks/" in key:
+                holder = entry.value.decode()
+            else:
+                continue
+            if holder == host and self.store.delete(key, mod_revision=entry.mod_revision):
+                dropped += 1
+        for pool in self.local.repo.pools():
+            if pool.overlay == overlay:
+                self._foreign_by_pool.pop(pool.id, None)  # what it held is free now
+        if dropped:
+            log.warning("overlay %s: dropped %d address claim(s) and block(s) of departed host %s",
+                        overlay, dropped, host)  # fmt: skip
+
     def _drop_released(self, pool: PoolRecord) -> None:
         """Finish a pool release etcd did not hear of (see ``forget``)."""
         current = self.local.repo.pool(pool.id)

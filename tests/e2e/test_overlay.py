@@ -26,11 +26,13 @@ from tests.e2e.helpers import Servers, ask
 from tests.lab.multihost import OUTSIDE_IP, HostNode, MultiHost, overlay_driver_args
 
 RESYNC = 3  # seconds; the default is 30, which would only make the repair test slow
+FORGET = 12  # --forget-host-after: longer than any host here is without its record, but a dead one
 # Short, to keep the dead-host test quick, but longer than a driver restart on a loaded
 # 2-core machine (imports alone took 5 s there): a restart inside the TTL disturbs nothing.
 TTL = 10
 pytestmark = pytest.mark.multihost(
-    driver_args=functools.partial(overlay_driver_args, host_ttl=TTL, extra=("--resync-interval", str(RESYNC)))
+    driver_args=functools.partial(overlay_driver_args, host_ttl=TTL,
+                                  extra=("--resync-interval", str(RESYNC), "--forget-host-after", str(FORGET)))
 )
 
 OVERLAY = ("-d", "pyoverlay", "--ipam-driver", "pyoverlay", "-o", "mode=overlay")
@@ -370,9 +372,9 @@ class _Ping:
         return self.count, int(line.split(",")[1].split()[0])
 
 
-def test_a_dead_hosts_endpoints_leave_every_peer_within_its_ttl(app: MultiHost) -> None:
+def test_a_dead_hosts_endpoints_leave_within_its_ttl_and_its_addresses_later(app: MultiHost) -> None:
     h1, h2, h3 = app[0], app[1], app[2]
-    mac3 = h3.container_mac("c3")
+    mac3, ip3, host3 = h3.container_mac("c3"), ip_of(h3, "c3"), _host_id(h3)
     assert all(mac3 in h.fdb(vxlan(h, "app")) for h in (h1, h2))
     h3.cut(silent=True)  # gone: no goodbye, its lease just stops being renewed
     try:
@@ -380,12 +382,37 @@ def test_a_dead_hosts_endpoints_leave_every_peer_within_its_ttl(app: MultiHost) 
                    for h in (h1, h2))  # fmt: skip
         print(f"dead host's endpoints removed after {took:.1f}s (TTL {TTL}s)")
         assert h1.ping("c1", ip_of(h2, "c2")), "the others keep talking"
+        # Gone for --forget-host-after: the others drop it from the overlay, and its
+        # address claims go back to the pool.
+        assert ip3 in claims_of(app, h3)
+        wait_for("h3 forgotten", lambda: host3 not in _members(app, "app"), timeout=FORGET + RESYNC + 5)
+        assert claims_of(app, h3) == set()
     finally:
         h3.reconnect()
-    # back: it takes a new lease and publishes its endpoints again
+    # back: it takes a new lease, joins again, claims what it holds and publishes its endpoints
     for h in (h1, h2):
         wait_for(f"{h.name} has h3 again", lambda h=h: mac3 in h.fdb(vxlan(h, "app")), timeout=TTL + 10)
+    wait_for("h3 a member again, holding its address", lambda: host3 in _members(app, "app")
+             and ip3 in claims_of(app, h3), timeout=2 * RESYNC + 10)  # fmt: skip
     assert h1.ping("c1", ip_of(h3, "c3"))
+
+
+def _host_id(h: HostNode) -> str:
+    assert h.driver is not None
+    return (h.driver.state_dir / "host-id").read_text().strip()
+
+
+def _members(app: MultiHost, overlay: str) -> list[str]:
+    out = app.etcdctl("get", f"/pyoverlay/overlays/{overlay}", "--print-value-only").stdout.strip()
+    return list(json.loads(out)["members"]) if out else []
+
+
+def claims_of(app: MultiHost, h: HostNode) -> set[str]:
+    """The addresses ``h`` claims in etcd in the app overlay's pool."""
+    out = app.etcdctl("get", "--prefix", "/pyoverlay/ipam/app/").stdout.splitlines()
+    host = _host_id(h)
+    return {k.rsplit("/", 1)[1] for k, v in zip(out[0::2], out[1::2], strict=False)
+            if "/addrs/" in k and json.loads(v)["host"] == host}  # fmt: skip
 
 
 # ----------------------------------------------------------------- etcd trouble
@@ -586,8 +613,9 @@ def test_a_crash_at_each_overlay_step_leaks_nothing_on_the_host_nor_in_etcd(app:
             h.cli("network", "rm", "crashnet")
         wait_for("the driver's networks are dockerd's", lambda: _network_records(h) == {app_id}, timeout=20)
         wait_for("nothing of crashnet in etcd", lambda: not _mentions(app, "crashnet", "10.61."), timeout=20)
+        # The GC's delete drops the record, then the devices' rules (one call): poll, not read once.
+        wait_for("its rules gone", lambda: "10.61." not in h.engine.iptables_save(), timeout=10)
         assert not [ln.name for ln in h.links() if ln.name.startswith(("po-", "pov")) and app_id[:12] not in ln.name]
-        assert "10.61." not in h.engine.iptables_save()
     finally:
         for key in ("PYOVERLAY_FAIL_STEP", *gc):
             env.pop(key, None)

@@ -318,6 +318,19 @@ def test_a_released_pool_requested_again_keeps_its_new_claims(store: MemoryClust
     assert mine(store, a) == {now} and a.repo.released_pools() == []
 
 
+def test_a_forgotten_hosts_claims_and_blocks_go_back_to_the_pool(store: MemoryClusterStore) -> None:
+    a, b = two_hosts(store)
+    mine_a = {str(a.take()) for _ in range(3)}
+    held_by_b = str(b.take())  # from a block of b's own
+    assert set(blocks(store, a.pool).values()) == {"h1", "h2"}
+    with pytest.raises(Conflict):
+        a.take(held_by_b)  # b holds it (and a now knows, without a round trip next time)
+    a.book.forget_host(OVERLAY, "h2")
+    assert claims(store, a.pool) == dict.fromkeys(mine_a, "h1")
+    assert set(blocks(store, a.pool).values()) == {"h1"}
+    assert str(a.take(held_by_b)) == held_by_b, "free for the live hosts again"
+
+
 def test_after_etcd_lost_its_data_held_addresses_are_claimed_again(store: MemoryClusterStore) -> None:
     h1, h2 = Host(store, "h1", "10.60.0.0/24"), Host(store, "h2", "10.60.0.0/24")
     aux = "10.60.0.250"

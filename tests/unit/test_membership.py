@@ -157,6 +157,40 @@ def test_membership_without_a_local_network_is_left_and_the_last_host_frees_it(
     assert keys(store, "hosts/") == {"hosts/h1", "hosts/h2"}  # the hosts live on
 
 
+def test_a_member_gone_for_too_long_is_forgotten_and_one_back_in_time_is_not(
+    store: Store, clock: FakeClock, hosts: tuple[Host, Host]
+) -> None:
+    a, b = hosts
+    a.sync.forget_after, a.sync._clock = 60, clock
+    forgotten: list[tuple[str, str]] = []
+    a.sync.forget_tasks.append(lambda name, host: forgotten.append((name, host)))
+    for h in hosts:
+        h.join()
+        h.pass_()
+
+    def time_passes(seconds: int) -> None:
+        """Full passes every 3 s on ``a``, which renews its lease; ``b`` is silent."""
+        for _ in range(seconds // 3):
+            clock.now += 3
+            store.expire_leases()
+            a.pass_()
+            a.sync.sync(full=True)
+
+    time_passes(30)  # b's lease (TTL 9) ended at 9 s: gone for 21 s
+    assert keys(store, "hosts/") == {"hosts/h1"} and members(store) == ("h1", "h2")
+    b.pass_()  # back in time (a reboot): its record is there again, the count starts over
+    time_passes(3)
+    time_passes(57)  # its new lease ended 9 s after it came back: gone for 51 s
+    time_passes(6)
+    assert members(store) == ("h1", "h2") and forgotten == [], "57 s gone, counted from after the reboot"
+    time_passes(3)
+    assert members(store) == ("h1",) and forgotten == [("app", "h2")]
+    assert keys(store, "overlays/") == {"overlays/app"}, "never freed by forgetting: a is in it"
+    # When b comes back for good, it is no member and joins again (as after etcd lost data).
+    b.pass_()
+    assert members(store) == ("h1", "h2")
+
+
 def test_records_of_a_left_overlay_are_withdrawn_even_after_a_failed_pass(
     store: Store, hosts: tuple[Host, Host]
 ) -> None:
