@@ -31,6 +31,7 @@ class Store(MemoryClusterStore):
 
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(clock=clock, watch_poll=0.05)
+        self.clock = clock
         self.after_range: dict[str, Callable[[], None]] = {}
         self.before_delete: dict[str, Callable[[], None]] = {}
         self.writes_fail = False
@@ -58,7 +59,8 @@ class Store(MemoryClusterStore):
 
 
 class Host:
-    def __init__(self, store: Store, name: str, vtep: str, resync_every: float = 60.0, ttl: int = TTL) -> None:
+    def __init__(self, store: Store, name: str, vtep: str, resync_every: float = 60.0, ttl: int = TTL, *,
+                 forget_after: float = 0.0) -> None:  # fmt: skip
         self.name = name
         self.store = store
         self.registry = Registry(store, name)
@@ -66,7 +68,8 @@ class Host:
         self.view = LocalView()
         self.left: list[str] = []
         self.sync = HostSync(self.registry, self.lease, self.view, vtep, on_stale_membership=self.left.append,
-                             resync_every=resync_every, max_mtu=1450)  # fmt: skip
+                             resync_every=resync_every, max_mtu=1450, forget_after=forget_after,
+                             clock=store.clock)  # fmt: skip
 
     def join(self, name: str = "app") -> None:
         self.view.add_overlay(spec(name))
@@ -157,11 +160,9 @@ def test_membership_without_a_local_network_is_left_and_the_last_host_frees_it(
     assert keys(store, "hosts/") == {"hosts/h1", "hosts/h2"}  # the hosts live on
 
 
-def test_a_member_gone_for_too_long_is_forgotten_and_one_back_in_time_is_not(
-    store: Store, clock: FakeClock, hosts: tuple[Host, Host]
-) -> None:
-    a, b = hosts
-    a.sync.forget_after, a.sync._clock = 60, clock
+def test_a_member_gone_for_too_long_is_forgotten_and_one_back_in_time_is_not(store: Store, clock: FakeClock) -> None:
+    a, b = Host(store, "h1", "192.0.2.1", forget_after=60), Host(store, "h2", "192.0.2.2")
+    hosts = (a, b)
     forgotten: list[tuple[str, str]] = []
     a.sync.forget_tasks.append(lambda name, host: forgotten.append((name, host)))
     for h in hosts:
