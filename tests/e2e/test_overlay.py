@@ -407,12 +407,17 @@ def _members(app: MultiHost, overlay: str) -> list[str]:
     return list(json.loads(out)["members"]) if out else []
 
 
+def _claims(app: MultiHost, overlay: str) -> dict[str, str]:
+    """Address → claiming host ID, in every pool of ``overlay``, as etcd has them."""
+    out = app.etcdctl("get", "--prefix", f"/pyoverlay/ipam/{overlay}/").stdout.splitlines()
+    return {k.rsplit("/", 1)[1]: json.loads(v)["host"] for k, v in zip(out[0::2], out[1::2], strict=False)
+            if "/addrs/" in k}  # fmt: skip
+
+
 def claims_of(app: MultiHost, h: HostNode) -> set[str]:
-    """The addresses ``h`` claims in etcd in the app overlay's pool."""
-    out = app.etcdctl("get", "--prefix", "/pyoverlay/ipam/app/").stdout.splitlines()
+    """The addresses ``h`` claims in the app overlay."""
     host = _host_id(h)
-    return {k.rsplit("/", 1)[1] for k, v in zip(out[0::2], out[1::2], strict=False)
-            if "/addrs/" in k and json.loads(v)["host"] == host}  # fmt: skip
+    return {ip for ip, holder in _claims(app, "app").items() if holder == host}
 
 
 # ----------------------------------------------------------------- etcd trouble
@@ -500,12 +505,6 @@ def test_etcd_losing_all_its_data_is_repaired_by_the_hosts(app: MultiHost) -> No
 BURST = 15  # per host, on two hosts at once
 
 
-def _claimed(app: MultiHost, subnet_key: str) -> list[str]:
-    """IPs claimed in etcd in the overlay pool ``subnet_key`` (e.g. ``10.62.0.0_24``)."""
-    out = app.etcdctl("get", "--prefix", f"/pyoverlay/ipam/burst/{subnet_key}/addrs/", "--keys-only").stdout
-    return sorted(k.rsplit("/", 1)[1] for k in out.split() if k)
-
-
 def test_a_burst_on_two_hosts_with_one_driver_killed_midway(app: MultiHost) -> None:
     """15 ``docker run`` at once on each of two hosts, one host's driver killed 1 s in and
     restarted: every running container has a unique address, reaches the other host,
@@ -541,13 +540,13 @@ def test_a_burst_on_two_hosts_with_one_driver_killed_midway(app: MultiHost) -> N
         ips = {n: h.container_ip(n, "burst") for h in (h1, h2) for n in names[h.index]}
         assert len(set(ips.values())) == len(ips), f"an address handed out twice: {sorted(ips.values())}"
         wait_for("etcd's claims are the running containers'",
-                 lambda: set(_claimed(app, "10.62.0.0_24")) == set(ips.values()), timeout=40)  # fmt: skip
+                 lambda: set(_claims(app, "burst")) == set(ips.values()), timeout=40)  # fmt: skip
         a, b = names[h1.index][0], names[h2.index][-1]
         h1.exec(a, "ping", "-c1", "-W2", ips[b])
         h2.exec(b, "ping", "-c1", "-W2", ips[a])
         with ThreadPoolExecutor(12) as pool:
             list(pool.map(lambda j: j[0].cli("rm", "-f", j[1], check=False, timeout=120), jobs))
-        wait_for("no claim left", lambda: _claimed(app, "10.62.0.0_24") == [], timeout=20)
+        wait_for("no claim left", lambda: _claims(app, "burst") == {}, timeout=20)
         for h in (h1, h2):
             h.cli("network", "rm", "burst")
         wait_for("nothing of the burst overlay in etcd", lambda: not _mentions(app, "burst", "10.62."), timeout=20)
